@@ -1,0 +1,1 @@
+"""The ink-detection application: the LightningCLI, its default callbacks and configs."""

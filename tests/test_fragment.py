@@ -1,0 +1,207 @@
+"""The fragment reader: every on-disk variant reads back the source pixels; every bad input names its file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from datamodules.fragment import Fragment, discover_fragments, list_slices
+from tests.conftest import write_fragment
+
+SHAPE = (12, 40, 48)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"dirname": "layers"},
+        {"digits": 3},
+        {"dtype": np.uint8},
+        {"compression": "lzw"},
+        {"compression": "zlib"},
+        {"tile": (16, 16)},
+        {"tile": (16, 16), "compression": "zlib"},
+    ],
+    ids=["plain", "layers", "3-digit", "uint8", "lzw", "zlib", "tiled", "tiled-zlib"],
+)
+def test_every_variant_reads_the_source_pixels(fragment_factory, variant):
+    folder, volume, mask, labels = fragment_factory(**variant)
+    fragment = Fragment(folder, z_start=2, z_end=10)
+    assert fragment.shape == SHAPE and fragment.dtype == volume.dtype
+    window = fragment.read(1, 11, 5, 7, 20, 30)
+    np.testing.assert_array_equal(window, volume[1:11, 5:25, 7:37].transpose(1, 2, 0))
+    np.testing.assert_array_equal(fragment.mask, mask)
+    np.testing.assert_array_equal(fragment.labels, labels)
+
+
+def test_uncompressed_slices_are_memory_mapped_and_compressed_ones_cached(fragment_factory):
+    plain, *_ = fragment_factory("plain")
+    fragment = Fragment(plain, z_start=0, z_end=4)
+    fragment.read(0, 2, 0, 0, 8, 8)
+    assert all(isinstance(m, np.memmap) for m in fragment._maps.values())
+    assert not (plain / ".ink_cache").exists()
+
+    packed, volume, *_ = fragment_factory("packed", compression="zlib")
+    fragment = Fragment(packed, z_start=0, z_end=4)
+    assert fragment.prepare_cache(0, 4) == 4
+    assert fragment.prepare_cache(0, 4) == 0  # reused, not rebuilt
+    cached = sorted((packed / ".ink_cache").glob("*.npy"))
+    assert len(cached) == 4 and not list((packed / ".ink_cache").glob("*.tmp"))
+    assert all(isinstance(np.load(p, mmap_mode="r"), np.memmap) for p in cached)
+
+    # A changed source is converted again; the stale copy goes.
+    new = volume[1] // 2
+    tifffile.imwrite(packed / "surface_volume" / "01.tif", new, compression="zlib")
+    os.utime(packed / "surface_volume" / "01.tif", ns=(1, 1))
+    fresh = Fragment(packed, z_start=0, z_end=4)
+    np.testing.assert_array_equal(fresh.read(1, 2, 0, 0, 40, 48)[..., 0], new)
+    assert len(list((packed / ".ink_cache").glob("01.*.npy"))) == 1
+
+
+def test_cache_dir_setting_is_used(fragment_factory, tmp_path):
+    folder, volume, *_ = fragment_factory(compression="lzw")
+    fragment = Fragment(folder, z_start=0, z_end=2, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(fragment.read(0, 1, 0, 0, 4, 4)[..., 0], volume[0, :4, :4])
+    assert list((tmp_path / "cache" / folder.name).glob("00.*.npy"))
+
+
+def test_reverse_depth(fragment_factory):
+    folder, volume, *_ = fragment_factory()
+    fragment = Fragment(folder, z_start=0, z_end=12, reverse_depth=True)
+    np.testing.assert_array_equal(fragment.read(0, 12, 0, 0, 40, 48), volume[::-1].transpose(1, 2, 0))
+
+
+def test_pickles_without_maps_and_reopens(fragment_factory):
+    folder, volume, *_ = fragment_factory()
+    fragment = Fragment(folder, z_start=0, z_end=4)
+    fragment.read(0, 4, 0, 0, 8, 8)
+    assert fragment._maps
+    clone = pickle.loads(pickle.dumps(fragment))
+    assert clone._maps == {}
+    np.testing.assert_array_equal(clone.read(0, 4, 3, 3, 5, 5), volume[0:4, 3:8, 3:8].transpose(1, 2, 0))
+
+
+def test_mask_and_labels_accept_zero_one_and_rgb(tmp_path):
+    volume = np.zeros((3, 10, 12), np.uint16)
+    folder = write_fragment(tmp_path / "f", volume)
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:8, 2:9] = 1
+    Image.fromarray(mask).save(folder / "mask.png")
+    Image.fromarray(np.stack([mask * 255] * 3, axis=-1)).save(folder / "inklabels.png")
+    fragment = Fragment(folder, z_start=0, z_end=3)
+    assert fragment.mask.sum() == 42 and fragment.labels.sum() == 42
+
+
+def test_missing_mask_means_all_valid_and_missing_labels_allowed_unless_required(tmp_path):
+    folder = write_fragment(tmp_path / "f", np.zeros((3, 10, 12), np.uint16))
+    fragment = Fragment(folder, z_start=0, z_end=3)
+    assert fragment.mask.all() and fragment.labels is None
+    with pytest.raises(FileNotFoundError, match="inklabels.png"):
+        Fragment(folder, z_start=0, z_end=3, require_labels=True)
+
+
+def test_slices_sort_numerically(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for i in (0, 2, 10, 1):
+        tifffile.imwrite(folder / f"{i}.tif", np.zeros((2, 2), np.uint16))
+    (folder / "notes.txt").write_text("ignored")
+    with pytest.raises(ValueError, match=r"gap in slice numbering.*\[3, 4, 5"):
+        list_slices(folder)
+    for i in range(3, 10):
+        tifffile.imwrite(folder / f"{i}.tif", np.zeros((2, 2), np.uint16))
+    assert [p.name for p in list_slices(folder)][:3] == ["0.tif", "1.tif", "2.tif"]
+    assert list_slices(folder)[-1].name == "10.tif"
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_data_dir_missing_or_empty(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_dir .*nowhere.* does not exist"):
+        discover_fragments(tmp_path / "nowhere")
+    (tmp_path / "empty" / "junk").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no fragment found in data_dir"):
+        discover_fragments(tmp_path / "empty")
+
+
+def test_gap_in_slices_names_the_folder(fragment_factory):
+    folder, *_ = fragment_factory()
+    (folder / "surface_volume" / "05.tif").unlink()
+    with pytest.raises(ValueError, match=r"gap in slice numbering in .*surface_volume.*\[5\]"):
+        Fragment(folder, z_start=0, z_end=4)
+
+
+def test_slice_of_another_shape_or_dtype(fragment_factory):
+    folder, *_ = fragment_factory()
+    tifffile.imwrite(folder / "surface_volume" / "03.tif", np.zeros((40, 47), np.uint16))
+    with pytest.raises(ValueError, match=r"03\.tif.*\(40, 47\).*must match"):
+        Fragment(folder, z_start=0, z_end=4)
+    tifffile.imwrite(folder / "surface_volume" / "03.tif", np.zeros((40, 48), np.uint8))
+    with pytest.raises(ValueError, match=r"03\.tif.*uint8.*must match"):
+        Fragment(folder, z_start=0, z_end=4)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_slice(fragment_factory, compression):
+    folder, *_ = fragment_factory(compression=compression)
+    path = folder / "surface_volume" / "07.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if compression is None else data[:200])
+    with pytest.raises(ValueError, match=r"unreadable or truncated TIFF slice .*07\.tif"):
+        Fragment(folder, z_start=0, z_end=4)
+
+
+def test_not_a_tiff(fragment_factory):
+    folder, *_ = fragment_factory()
+    (folder / "surface_volume" / "02.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(ValueError, match=r"02\.tif"):
+        Fragment(folder, z_start=0, z_end=4)
+
+
+def test_mask_or_labels_of_the_wrong_size(fragment_factory):
+    folder, *_ = fragment_factory()
+    Image.fromarray(np.zeros((39, 48), np.uint8)).save(folder / "mask.png")
+    with pytest.raises(ValueError, match=r"mask .*mask\.png' is 48x39 .* 48x40"):
+        Fragment(folder, z_start=0, z_end=4)
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(folder / "mask.png")
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(folder / "inklabels.png")
+    with pytest.raises(ValueError, match=r"ink labels .*inklabels\.png' is 50x40"):
+        Fragment(folder, z_start=0, z_end=4)
+
+
+def test_labels_that_are_not_binary(fragment_factory):
+    folder, *_ = fragment_factory()
+    grey = np.zeros((40, 48), np.uint8)
+    grey[0, :3] = [0, 128, 255]
+    Image.fromarray(grey).save(folder / "inklabels.png")
+    with pytest.raises(ValueError, match=r"inklabels\.png' is not binary: values \[0, 128, 255\]"):
+        Fragment(folder, z_start=0, z_end=4)
+
+
+def test_z_range_errors(fragment_factory):
+    folder, *_ = fragment_factory()
+    with pytest.raises(ValueError, match=r"z_end=13 is beyond the last slice of fragment 'frag' \(12 slices"):
+        Fragment(folder, z_start=0, z_end=13)
+    with pytest.raises(ValueError, match=r"z_start=5, z_end=5"):
+        Fragment(folder, z_start=5, z_end=5)
+
+
+def test_read_outside_the_fragment(fragment_factory):
+    folder, *_ = fragment_factory()
+    fragment = Fragment(folder, z_start=0, z_end=4)
+    with pytest.raises(ValueError, match="outside fragment 'frag'"):
+        fragment.read(0, 2, 30, 0, 20, 20)
+
+
+def test_folder_without_volume(tmp_path: Path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no surface_volume or layers folder"):
+        Fragment(tmp_path / "x")
