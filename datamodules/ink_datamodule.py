@@ -1,0 +1,319 @@
+"""InkDataModule: streams tiles of memory-mapped fragments for fit, validate, test and predict."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
+from datamodules.synthetic import make_demo_data
+from datamodules.tile_dataset import BalancedTileSampler, ShardedEvalSampler, TileDataset
+from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
+from datamodules.transforms import AugmentConfig, TileTransform
+
+_STAGE_SPLIT = {"fit": "val", "validate": "val", "val": "val", "test": "test", "predict": "predict"}
+
+
+class InkDataModule(pl.LightningDataModule):
+    """Tiles of fragment volumes, read window by window from memory-mapped slices.
+
+    Args:
+        data_dir: folder of fragment folders (see README for the layout).
+        train_fragments: fragment folder names to train on; default: all not held out whole.
+        val_fragments: fragments to validate on. A fragment also in ``train_fragments`` is split by region.
+        test_fragments: fragments to test on (same rule).
+        predict_fragments: fragments to predict; default: every fragment in ``predict_dir``.
+        predict_dir: folder of fragments to predict; default ``data_dir``.
+        z_start: first slice the model sees. Default 15: see ``datamodules.fragment.DEFAULT_Z_START``.
+        z_end: one past the last slice. ``z_end - z_start`` is the model's input depth ``num_slices``.
+        reverse_depth: fragment names stored with reversed depth order.
+        tile_size: tile edge in pixels.
+        stride: training window step (windows are also jittered by up to ±stride/2 each epoch).
+        eval_stride: step of the overlapping validation/test/predict windows; default ``tile_size // 4``.
+        min_valid_fraction: training windows need at least this fraction inside the mask.
+        folds: bands a region split cuts a fragment into.
+        val_fold: band held out for validation in region splits (None: no region validation).
+        test_fold: band held out for test in region splits (None: none).
+        split_gap: pixels between held-out bands and training windows; default ``tile_size``.
+        ink_ratio: fraction of training tiles drawn from tiles holding ink (None: uniform; must be < 1).
+        samples_per_epoch: training tiles per epoch (all ranks together).
+        jitter: move training windows randomly each epoch.
+        batch_size: training batch size per process.
+        eval_batch_size: validation/test/predict batch size; default ``batch_size``.
+        num_workers: DataLoader worker processes.
+        augment: training augmentation settings.
+        cache_dir: where compressed or tiled slices are converted to; default ``<fragment>/.ink_cache``.
+        demo: make synthetic demo fragments in ``data_dir`` if it holds none.
+        demo_size: height and width of each demo fragment.
+        demo_fragments: number of demo fragments.
+        seed: seed of the training tile sampler.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/demo",
+        train_fragments: list[str] | None = None,
+        val_fragments: list[str] | None = None,
+        test_fragments: list[str] | None = None,
+        predict_fragments: list[str] | None = None,
+        predict_dir: str | None = None,
+        z_start: int = DEFAULT_Z_START,
+        z_end: int = DEFAULT_Z_END,
+        reverse_depth: list[str] | None = None,
+        tile_size: int = 256,
+        stride: int | None = None,
+        eval_stride: int | None = None,
+        min_valid_fraction: float = 0.5,
+        folds: int = 5,
+        val_fold: int | None = 0,
+        test_fold: int | None = None,
+        split_gap: int | None = None,
+        ink_ratio: float | None = 0.5,
+        samples_per_epoch: int = 4096,
+        jitter: bool = True,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - a frozen default, copied below
+        cache_dir: str | None = None,
+        demo: bool = False,
+        demo_size: int = 384,
+        demo_fragments: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_positive(tile_size=tile_size, batch_size=batch_size, samples_per_epoch=samples_per_epoch)
+        if z_start < 0 or z_end <= z_start:
+            raise ValueError(f"z_start={z_start}, z_end={z_end}: need 0 <= z_start < z_end")
+        if not 0.0 <= min_valid_fraction <= 1.0:
+            raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
+        if ink_ratio is not None and not 0.0 <= ink_ratio < 1.0:
+            raise ValueError(f"ink_ratio={ink_ratio}: must be in [0, 1) or None")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers}: must be >= 0")
+        self.stride = stride or max(1, tile_size // 2)
+        self.eval_stride = eval_stride or max(1, tile_size // 4)
+        _check_positive(stride=self.stride, eval_stride=self.eval_stride)
+        self.save_hyperparameters()
+        self.augment = dataclasses.replace(augment)
+        self.data_dir = Path(data_dir)
+        self._fragments: list[Fragment] = []
+        self._splits: dict[str, TileSet] = {}
+        self._predict: list[Fragment] = []
+
+    @property
+    def num_slices(self) -> int:
+        """Depth of the model's input: ``z_end - z_start``."""
+        return self.hparams.z_end - self.hparams.z_start
+
+    # ----------------------------------------------------------------------------------------- preparation
+
+    def prepare_data(self) -> None:
+        """Makes the demo fragments if asked, and converts compressed or tiled slices to the mappable cache."""
+        hp = self.hparams
+        if hp.demo and not _has_fragments(self.data_dir):
+            make_demo_data(self.data_dir, num_fragments=hp.demo_fragments, height=hp.demo_size, width=hp.demo_size)
+        for fragment in self._open(self.data_dir, require_labels=False):
+            margin = self.augment.depth_shift if self.augment.enabled else 0
+            fragment.prepare_cache(fragment.z_start - margin, fragment.z_end + margin)
+
+    def _open(self, folder: Path, *, require_labels: bool, names: Sequence[str] | None = None) -> list[Fragment]:
+        hp = self.hparams
+        paths = discover_fragments(folder)
+        if names is not None:
+            available = {p.name: p for p in paths}
+            missing = sorted(set(names) - set(available))
+            if missing:
+                raise ValueError(f"fragment(s) {missing} not found in '{folder}'; found {sorted(available)}")
+            paths = [available[n] for n in names]
+        reversed_names = set(hp.reverse_depth or ())
+        unknown = reversed_names - {p.name for p in paths}
+        if unknown and names is None:
+            raise ValueError(f"reverse_depth names unknown fragment(s) {sorted(unknown)} in '{folder}'")
+        fragments = [
+            Fragment(
+                p,
+                z_start=hp.z_start,
+                z_end=hp.z_end,
+                reverse_depth=p.name in reversed_names,
+                cache_dir=hp.cache_dir,
+                require_labels=require_labels,
+            )
+            for p in paths
+        ]
+        for fragment in fragments:
+            if fragment.height < hp.tile_size or fragment.width < hp.tile_size:
+                raise ValueError(
+                    f"fragment '{fragment.id}' is {fragment.height}x{fragment.width}, smaller than one tile "
+                    f"(tile_size={hp.tile_size})"
+                )
+        return fragments
+
+    def setup(self, stage: str) -> None:
+        """Opens the fragments and lays out the tiles of the splits ``stage`` needs."""
+        hp = self.hparams
+        if stage == "predict":
+            folder = Path(hp.predict_dir) if hp.predict_dir else self.data_dir
+            fragments = self._open(folder, require_labels=False, names=hp.predict_fragments)
+            whole = [Region(i, 0, ((0, f.height),)) for i, f in enumerate(fragments)]
+            self._predict = fragments
+            self._set_split("predict", fragments, whole, training=False)
+            return
+        if not self._fragments:
+            self._fragments = self._open(self.data_dir, require_labels=False)
+        gap = hp.split_gap if hp.split_gap is not None else hp.tile_size
+        plans = plan_regions(
+            [f.id for f in self._fragments],
+            [(f.height, f.width) for f in self._fragments],
+            train_fragments=hp.train_fragments,
+            val_fragments=hp.val_fragments,
+            test_fragments=hp.test_fragments,
+            folds=hp.folds,
+            val_fold=hp.val_fold,
+            test_fold=hp.test_fold,
+            gap=gap,
+            tile_size=hp.tile_size,
+        )
+        for split, training in (("train", True), ("val", False), ("test", False)):
+            self._set_split(split, self._fragments, plans[split], training=training)
+
+    def _set_split(self, split: str, fragments: list[Fragment], regions: list[Region], *, training: bool) -> None:
+        hp = self.hparams
+        if split != "predict":
+            for region in regions:
+                if fragments[region.fragment].labels is None:
+                    raise FileNotFoundError(
+                        f"fragment '{fragments[region.fragment].id}' is in the {split} split but has no inklabels.png"
+                    )
+        parts = [
+            region_tiles(
+                region,
+                fragments[region.fragment].mask,
+                fragments[region.fragment].labels,
+                tile_size=hp.tile_size,
+                stride=hp.stride if training else self.eval_stride,
+                min_valid_fraction=hp.min_valid_fraction if training else 0.0,
+            )
+            for region in regions
+        ]
+        self._splits[split] = TileSet.concat(parts)
+
+    # ----------------------------------------------------------------------------------------- splits
+
+    def _resolve(self, split: str) -> str:
+        """The split actually used: ``test`` falls back to ``val`` when no test split is configured."""
+        if split == "test" and len(self._splits.get("test", ())) == 0 and len(self._splits.get("val", ())) > 0:
+            rank_zero_warn("no test split is configured (test_fragments / test_fold): testing on the validation split")
+            return "val"
+        return split
+
+    def tiles(self, split: str) -> TileSet:
+        """The windows of ``train``, ``val``, ``test`` or ``predict`` (after ``setup``).
+
+        Raises:
+            ValueError: the split holds no tile, naming the settings that shape it.
+        """
+        split = self._resolve(split)
+        tiles = self._splits.get(split)
+        if tiles is None:
+            raise RuntimeError(f"InkDataModule.setup() has not prepared the {split} split yet")
+        if len(tiles) == 0:
+            raise ValueError(_empty_split_message(split, self.hparams))
+        return tiles
+
+    def fragments(self, split: str) -> list[Fragment]:
+        """The fragments a split's fragment indices refer to."""
+        return self._predict if split == "predict" else self._fragments
+
+    def fragment_shapes(self, stage: str) -> dict[str, tuple[int, int]]:
+        """``{fragment_id: (H, W)}`` of every fragment the stage evaluates (``validate``, ``test``, ``predict``)."""
+        split = _STAGE_SPLIT.get(stage, stage)
+        fragments = self.fragments(split)
+        used = sorted(set(self.tiles(split).windows[:, 0].tolist()))
+        return {fragments[i].id: (fragments[i].height, fragments[i].width) for i in used}
+
+    # ----------------------------------------------------------------------------------------- loaders
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _dataset(self, split: str, *, training: bool) -> TileDataset:
+        hp = self.hparams
+        augment = self.augment if training and self.augment.enabled else None
+        return TileDataset(
+            self.fragments(split),
+            self.tiles(split),
+            hp.tile_size,
+            TileTransform(augment, self.num_slices, train=training),
+            depth_margin=augment.depth_shift if augment is not None else 0,
+            jitter=self.stride // 2 if training and hp.jitter else 0,
+            with_labels=split != "predict",
+        )
+
+    def _loader(self, dataset: TileDataset, sampler: object, batch_size: int) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        dataset = self._dataset("train", training=True)
+        world, rank = self._rank()
+        sampler = BalancedTileSampler(
+            dataset, hp.samples_per_epoch, hp.ink_ratio, num_replicas=world, rank=rank, seed=hp.seed
+        )
+        return self._loader(dataset, sampler, hp.batch_size)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._dataset(split, training=False)
+        world, rank = self._rank()
+        sampler = ShardedEvalSampler(dataset, num_replicas=world, rank=rank)
+        return self._loader(dataset, sampler, self.hparams.eval_batch_size or self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")
+
+
+def _has_fragments(folder: Path) -> bool:
+    try:
+        return bool(discover_fragments(folder))
+    except FileNotFoundError:
+        return False
+
+
+def _check_positive(**settings: int) -> None:
+    for name, value in settings.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{name}={value}: must be a positive integer")
+
+
+def _empty_split_message(split: str, hp: object) -> str:
+    name = {"train": "training", "val": "validation", "test": "test", "predict": "prediction"}[split]
+    hints = {
+        "train": "set train_fragments, or lower min_valid_fraction / tile_size, or check the masks",
+        "val": "set val_fragments or val_fold (val_fold=None disables region validation)",
+        "test": "set test_fragments or test_fold",
+        "predict": "set predict_dir / predict_fragments",
+    }[split]
+    return (
+        f"the {name} split is empty (tile_size={hp.tile_size}, folds={hp.folds}, val_fold={hp.val_fold}, "
+        f"test_fold={hp.test_fold}, min_valid_fraction={hp.min_valid_fraction}): {hints}"
+    )
