@@ -129,11 +129,14 @@ def read_binary_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray
     Raises:
         ValueError: unreadable file, size other than ``shape`` or values that are not binary.
     """
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
     try:
         with Image.open(path) as img:
             array = np.asarray(img)
     except Exception as err:
         raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     if array.ndim == 3:
         array = array[..., 0]
     if array.shape != shape:
@@ -205,20 +208,46 @@ class Fragment:
         self.z_start, self.z_end = z_start, z_end
         self.reverse_depth = reverse_depth
         self.cache_dir = Path(cache_dir) / self.id if cache_dir is not None else self.path / ".ink_cache"
+        self._maps: dict[object, np.ndarray] = {}
 
+        # Mask and labels are converted once to .npy caches and memory-mapped like the slices: a real
+        # fragment's 2-D maps are 141 MB each, which would otherwise sit in every worker's memory.
         mask_path = self.path / "mask.png"
-        if mask_path.exists():
-            self.mask = read_binary_png(mask_path, first.shape, "mask")
-        else:
-            self.mask = np.ones(first.shape, dtype=bool)
+        self._mask_file = self._binary_cache(mask_path, "mask") if mask_path.exists() else None
         label_path = self.path / "inklabels.png"
         if label_path.exists():
-            self.labels: np.ndarray | None = read_binary_png(label_path, first.shape, "ink labels")
+            self._labels_file: Path | None = self._binary_cache(label_path, "ink labels")
         elif require_labels:
             raise FileNotFoundError(f"fragment '{self.id}' has no ink labels: '{label_path}' is missing")
         else:
-            self.labels = None
-        self._maps: dict[int, np.ndarray] = {}
+            self._labels_file = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Papyrus mask, bool ``[H, W]`` (memory-mapped; all True when the fragment has no mask.png)."""
+        if self._mask_file is None:
+            return np.broadcast_to(np.True_, (self.height, self.width))
+        return self._open_npy(self._mask_file)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Ink labels, bool ``[H, W]`` (memory-mapped), or None when the fragment has no inklabels.png."""
+        return None if self._labels_file is None else self._open_npy(self._labels_file)
+
+    def _open_npy(self, path: Path) -> np.ndarray:
+        cached = self._maps.get(path)
+        if cached is None:
+            cached = self._maps[path] = np.load(path, mmap_mode="r")
+        return cached
+
+    def _binary_cache(self, png: Path, what: str) -> Path:
+        """The .npy copy of a mask or label PNG, made (and checked) once per version of the PNG."""
+        stat = png.stat()
+        target = self.cache_dir / f"{png.stem}.{stat.st_size}-{stat.st_mtime_ns}.npy"
+        if not target.exists():
+            array = read_binary_png(png, (self.height, self.width), what)
+            _save_atomically(target, array, stale=f"{png.stem}.*.npy")
+        return target
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -262,22 +291,13 @@ class Fragment:
         return np.load(target, mmap_mode="r")
 
     def _convert(self, info: SliceInfo, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f"{info.path.stem}.*.npy"):
-            stale.unlink(missing_ok=True)  # the source changed since this copy was made
         try:
             data = tifffile.imread(info.path)  # one slice at a time, never the volume
         except Exception as err:
             raise ValueError(f"unreadable or truncated TIFF slice '{info.path}': {type(err).__name__}: {err}") from err
         if data.shape != info.shape:
             raise ValueError(f"slice '{info.path}' decoded to {data.shape}, header says {info.shape}")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(data, dtype=info.dtype))
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _save_atomically(target, np.asarray(data, dtype=info.dtype), stale=f"{info.path.stem}.*.npy")
 
     def prepare_cache(self, z0: int = 0, z1: int | None = None) -> int:
         """Converts the non-mappable slices of ``[z0, z1)`` in advance; returns how many were converted."""
@@ -310,3 +330,18 @@ class Fragment:
             f"Fragment('{self.id}', {self.depth}x{self.height}x{self.width} {self.dtype}, "
             f"z=[{self.z_start},{self.z_end}), labels={'yes' if self.labels is not None else 'no'})"
         )
+
+
+def _save_atomically(target: Path, array: np.ndarray, *, stale: str) -> None:
+    """Writes ``array`` as ``target`` (.npy) under a temporary name, renames it, and removes older versions."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.glob(stale):
+        if old != target:
+            old.unlink(missing_ok=True)  # the source changed since this copy was made
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

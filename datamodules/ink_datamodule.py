@@ -196,7 +196,7 @@ class InkDataModule(pl.LightningDataModule):
                 fragments[region.fragment].mask,
                 fragments[region.fragment].labels,
                 tile_size=hp.tile_size,
-                stride=hp.stride if training else self.eval_stride,
+                stride=self.stride if training else self.eval_stride,
                 min_valid_fraction=hp.min_valid_fraction if training else 0.0,
             )
             for region in regions

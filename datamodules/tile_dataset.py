@@ -60,7 +60,9 @@ class TileDataset(Dataset):
         seed = int(torch.randint(0, 2**62, ()).item()) if self.random else index
         rng = np.random.default_rng(seed)
         fragment = self.fragments[int(self.tiles.windows[index, 0])]
-        y, x = (int(v) for v in jitter_windows(self.tiles, np.array([index]), self.jitter if self.random else 0, rng)[0])
+        y, x = (
+            int(v) for v in jitter_windows(self.tiles, np.array([index]), self.jitter if self.random else 0, rng)[0]
+        )
         size = self.tile_size
         z0 = max(0, fragment.z_start - self.depth_margin)
         z1 = min(fragment.depth, fragment.z_end + self.depth_margin)
@@ -102,7 +104,10 @@ class BalancedTileSampler(DistributedSampler):
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         if ink_ratio is not None and not 0.0 <= ink_ratio < 1.0:
-            raise ValueError(f"ink_ratio={ink_ratio}: must be in [0, 1) (ink-only sampling makes a model that predicts ink everywhere)")
+            raise ValueError(
+                f"ink_ratio={ink_ratio}: must be in [0, 1) "
+                "(ink-only sampling makes a model that predicts ink everywhere)"
+            )
         own = np.arange(len(dataset))[rank::num_replicas]
         if len(own) == 0:
             raise ValueError(f"the training split has {len(dataset)} tiles, fewer than the {num_replicas} processes")

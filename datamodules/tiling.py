@@ -59,6 +59,8 @@ class TileSet:
 
 def grid_positions(start: int, stop: int, tile: int, stride: int) -> np.ndarray:
     """Window starts covering ``[start, stop)``: every ``stride``, plus one flush with ``stop``. Empty if too short."""
+    if not isinstance(stride, (int, np.integer)) or stride <= 0:
+        raise ValueError(f"stride={stride}: must be a positive integer")
     if stop - start < tile:
         return np.zeros(0, dtype=np.int64)
     positions = np.arange(start, stop - tile + 1, stride, dtype=np.int64)
@@ -67,14 +69,18 @@ def grid_positions(start: int, stop: int, tile: int, stride: int) -> np.ndarray:
     return positions
 
 
-def window_sums(binary: np.ndarray, ys: np.ndarray, xs: np.ndarray, tile: int) -> np.ndarray:
-    """Counts of True pixels in each ``tile x tile`` window at rows ``ys`` x columns ``xs``: ``[len(ys), len(xs)]``.
+def window_sums(
+    binary: np.ndarray, ys: np.ndarray, xs: np.ndarray, tile: int, *, within: np.ndarray | None = None
+) -> np.ndarray:
+    """Counts of True pixels (of ``binary & within``, if given) in each ``tile x tile`` window at rows ``ys`` x
+    columns ``xs``: ``[len(ys), len(xs)]``.
 
-    Works one band of rows at a time, so memory stays ``O(tile x W)`` even for the largest fragments.
+    Works one band of rows at a time, so memory stays ``O(tile x W)`` even for the largest (memory-mapped) maps.
     """
     out = np.zeros((len(ys), len(xs)), dtype=np.int64)
     for i, y in enumerate(ys):
-        column_sums = binary[y : y + tile].sum(axis=0, dtype=np.int64)
+        band = binary[y : y + tile] if within is None else binary[y : y + tile] & within[y : y + tile]
+        column_sums = band.sum(axis=0, dtype=np.int64)
         cumulative = np.concatenate([[0], np.cumsum(column_sums)])
         out[i] = cumulative[xs + tile] - cumulative[xs]
     return out
@@ -212,7 +218,7 @@ def region_tiles(
         windows = np.stack([np.full(len(iy), region.fragment), ys[iy], xs[ix]], axis=1).astype(np.int64)
         bounds = np.tile(np.array([*y_bounds, *x_bounds], dtype=np.int64), (len(iy), 1))
         if labels is not None:
-            has_ink = window_sums(labels & mask, ys, xs, tile_size)[iy, ix] > 0
+            has_ink = window_sums(labels, ys, xs, tile_size, within=mask)[iy, ix] > 0
         else:
             has_ink = np.zeros(len(iy), dtype=bool)
         parts.append(TileSet(windows, bounds, has_ink))

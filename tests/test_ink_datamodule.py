@@ -37,8 +37,17 @@ def data_dir(tmp_path: Path) -> Path:
 
 def _dm(data_dir: Path, **overrides) -> InkDataModule:
     settings = dict(
-        data_dir=str(data_dir), z_start=2, z_end=8, tile_size=16, stride=8, eval_stride=8, batch_size=4,
-        num_workers=0, samples_per_epoch=32, augment=NO_AUGMENT, folds=4,
+        data_dir=str(data_dir),
+        z_start=2,
+        z_end=8,
+        tile_size=16,
+        stride=8,
+        eval_stride=8,
+        batch_size=4,
+        num_workers=0,
+        samples_per_epoch=32,
+        augment=NO_AUGMENT,
+        folds=4,
     )
     settings.update(overrides)
     return InkDataModule(**settings)
@@ -61,6 +70,15 @@ def test_batches_have_the_documented_keys_shapes_and_values(data_dir):
         np.testing.assert_allclose(batch["image"][i].numpy(), expected, rtol=1e-6)
         np.testing.assert_array_equal(batch["label"][i, 0].numpy(), labels[y : y + 16, x : x + 16])
         np.testing.assert_array_equal(batch["valid"][i, 0].numpy(), mask[y : y + 16, x : x + 16])
+
+
+def test_default_strides_are_half_and_quarter_tile(data_dir):
+    dm = _dm(data_dir, stride=None, eval_stride=None)
+    assert (dm.stride, dm.eval_stride) == (8, 4)
+    dm.setup("fit")
+    for split, step in (("train", 8), ("val", 4)):
+        ys = np.unique(dm.tiles(split).windows[dm.tiles(split).windows[:, 0] == 0, 1])
+        assert np.diff(ys).max() == step
 
 
 def test_region_split_keeps_val_and_test_apart_from_training(data_dir):
@@ -92,7 +110,11 @@ def _band(fragment, fold: int, folds: int = 4) -> np.ndarray:
     rows = fragment.height >= fragment.width
     edges = np.round(np.linspace(0, fragment.height if rows else fragment.width, folds + 1)).astype(int)
     band = np.zeros((fragment.height, fragment.width), bool)
-    band[(slice(edges[fold], edges[fold + 1]), slice(None)) if rows else (slice(None), slice(edges[fold], edges[fold + 1]))] = True
+    band[
+        (slice(edges[fold], edges[fold + 1]), slice(None))
+        if rows
+        else (slice(None), slice(edges[fold], edges[fold + 1]))
+    ] = True
     return band
 
 

@@ -29,8 +29,14 @@ def _plan(ids, shapes, tile, **overrides):
 
 def _tiles(plans, stage, masks, labels=None, *, tile, stride, min_valid=0.0):
     parts = [
-        region_tiles(r, masks[r.fragment], None if labels is None else labels[r.fragment], tile_size=tile,
-                     stride=stride, min_valid_fraction=min_valid)
+        region_tiles(
+            r,
+            masks[r.fragment],
+            None if labels is None else labels[r.fragment],
+            tile_size=tile,
+            stride=stride,
+            min_valid_fraction=min_valid,
+        )
         for r in plans[stage]
     ]
     return TileSet.concat(parts)

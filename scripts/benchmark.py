@@ -1,0 +1,249 @@
+"""Benchmarks, reported as ratios against a baseline measured in the same run.
+
+Data part (``--data``):
+  * peak anonymous memory (``RssAnon``, sampled while iterating) of the streaming training loader on a small and
+    a large synthetic fragment: the ratio large/small shows whether memory stays flat as fragments grow;
+  * the peers' way (the slice range read into one array first) on the same fragments: memory and time to the
+    first batch, side by side;
+  * tiles per second of the training loader with augmentation, with 0 and 2 workers.
+
+Each measurement runs in a fresh process so peaks do not mix. Usage::
+
+    python scripts/benchmark.py --data                      # 1024^2 vs 8192^2, 30 slices, 200 batches
+    python scripts/benchmark.py --data --large 4096 --batches 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PeakMemory:
+    """Samples ``RssAnon`` (anonymous memory: not the reclaimable page cache of mapped files) in a thread."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.peak_kib, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss_anon_kib() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+        raise RuntimeError("RssAnon not found in /proc/self/status (Linux only)")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, self.rss_anon_kib())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self.baseline_kib = self.peak_kib = self.rss_anon_kib()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, self.rss_anon_kib())
+
+
+def ensure_fragment(work: Path, size: int, depth: int) -> Path:
+    """A synthetic fragment of ``size`` x ``size`` x ``depth`` under ``work`` (made once, then reused)."""
+    from datamodules.synthetic import make_demo_data
+
+    folder = work / f"bench_{size}"
+    if not (folder / "frag1" / "inklabels.png").exists():
+        started = time.perf_counter()
+        make_demo_data(folder, num_fragments=1, height=size, width=size, depth=depth, seed=size)
+        print(f"  made {size}x{size}x{depth} fragment in {time.perf_counter() - started:.1f} s", flush=True)
+    return folder
+
+
+def _datamodule(data_dir: Path, depth: int, tile: int, batch: int, workers: int, batches: int, augment: bool):
+    from datamodules.ink_datamodule import InkDataModule
+    from datamodules.transforms import AugmentConfig
+
+    dm = InkDataModule(
+        data_dir=str(data_dir),
+        z_start=0,
+        z_end=depth,
+        tile_size=tile,
+        batch_size=batch,
+        num_workers=workers,
+        samples_per_epoch=batch * batches,
+        augment=AugmentConfig(enabled=augment, depth_shift=0),
+        val_fold=None,
+        train_fragments=None,
+        folds=5,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def child_stream(data_dir: Path, depth: int, tile: int, batch: int, workers: int, batches: int, augment: bool) -> dict:
+    """Streaming: iterate the training loader; peak RssAnon, time to first batch, tiles/s."""
+    import torch
+
+    torch.set_num_threads(1)
+    _datamodule(data_dir, depth, tile, batch, workers, 1, augment)  # warm-up: caches made, lazy imports done
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        dm = _datamodule(data_dir, depth, tile, batch, workers, batches, augment)
+        loader = dm.train_dataloader()
+        first, count = None, 0
+        for item in loader:
+            if first is None:
+                first = time.perf_counter() - started
+                steady = time.perf_counter()
+            count += item["image"].shape[0]
+        elapsed = time.perf_counter() - steady
+    return {**_memory(memory), "first_batch_s": first, "tiles_per_s": (count - batch) / max(elapsed, 1e-9)}
+
+
+def child_in_ram(data_dir: Path, depth: int, tile: int, batch: int, batches: int) -> dict:
+    """The peers' way: read the slice range into one array, then cut the same number of tiles from it."""
+    import numpy as np
+    import tifffile
+
+    from datamodules.fragment import discover_fragments, find_volume_dir, list_slices
+
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        folder = discover_fragments(data_dir)[0]
+        slices = list_slices(find_volume_dir(folder))[:depth]
+        first_image = tifffile.imread(slices[0])
+        volume = np.empty((depth, *first_image.shape), dtype=first_image.dtype)
+        volume[0] = first_image
+        for z, path in enumerate(slices[1:], start=1):
+            volume[z] = tifffile.imread(path)
+        rng = np.random.default_rng(0)
+        height, width = first_image.shape
+        first = None
+        for _ in range(batches):
+            ys = rng.integers(0, height - tile, batch)
+            xs = rng.integers(0, width - tile, batch)
+            tiles = np.stack([volume[:, y : y + tile, x : x + tile] for y, x in zip(ys, xs)]).astype(np.float32)
+            if first is None:
+                first = time.perf_counter() - started
+            del tiles
+    return {**_memory(memory), "first_batch_s": first}
+
+
+def _memory(memory: PeakMemory) -> dict[str, float]:
+    return {"peak_rss_anon_mib": memory.peak_kib / 1024, "added_mib": (memory.peak_kib - memory.baseline_kib) / 1024}
+
+
+def run_child(kind: str, **kwargs: object) -> dict:
+    """Runs one measurement in a fresh interpreter and returns its JSON result."""
+    args = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--child-args",
+        json.dumps({k: str(v) for k, v in kwargs.items()}),
+    ]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def data_benchmark(args: argparse.Namespace) -> dict:
+    work = Path(args.work_dir)
+    small = ensure_fragment(work, args.small, args.depth)
+    large = ensure_fragment(work, args.large, args.depth)
+    common = dict(depth=args.depth, tile=args.tile, batch=args.batch, batches=args.batches)
+    results: dict[str, dict] = {}
+    for name, folder in (("small", small), ("large", large)):
+        results[f"stream_{name}"] = run_child("stream", data_dir=folder, workers=0, augment=False, **common)
+        results[f"in_ram_{name}"] = run_child("in_ram", data_dir=folder, **common)
+    for workers in (0, 2):
+        results[f"augmented_{workers}_workers"] = run_child(
+            "stream", data_dir=small, workers=workers, augment=True, **common
+        )
+
+    def ratio(a: str, b: str, key: str = "peak_rss_anon_mib") -> float:
+        return results[a][key] / results[b][key]
+
+    print(
+        f"\nData benchmark: {args.small}^2 vs {args.large}^2 fragments, {args.depth} slices, tile {args.tile}, "
+        f"{args.batches} batches of {args.batch}"
+    )
+    print("(both ways run after the same imports; 'added' is the peak above the process's RssAnon before loading)")
+    print(f"{'loader':<28}{'fragment':>10}{'peak RssAnon MiB':>18}{'added MiB':>11}{'first batch s':>15}")
+    for name in ("small", "large"):
+        for kind in ("stream", "in_ram"):
+            row = results[f"{kind}_{name}"]
+            label = "streaming (ours)" if kind == "stream" else "slice range in RAM (peers)"
+            size = args.small if name == "small" else args.large
+            print(
+                f"{label:<28}{f'{size}^2':>10}{row['peak_rss_anon_mib']:>18.0f}{row['added_mib']:>11.0f}"
+                f"{row['first_batch_s']:>15.2f}"
+            )
+    print(f"peak memory large/small, streaming: {ratio('stream_large', 'stream_small'):.2f} (target <= 1.2)")
+    print(f"peak memory large/small, in RAM:    {ratio('in_ram_large', 'in_ram_small'):.2f}")
+    print(
+        f"in RAM / streaming on the large fragment: memory {ratio('in_ram_large', 'stream_large'):.1f}x, "
+        f"time to first batch {ratio('in_ram_large', 'stream_large', 'first_batch_s'):.1f}x"
+    )
+    for workers in (0, 2):
+        row = results[f"augmented_{workers}_workers"]
+        print(f"training loader with augmentation, {workers} workers: {row['tiles_per_s']:.0f} tiles/s")
+    speedup = results["augmented_2_workers"]["tiles_per_s"] / results["augmented_0_workers"]["tiles_per_s"]
+    print(f"2 workers / 0 workers: {speedup:.2f}x")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", action="store_true", help="run the data-loading benchmark")
+    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "benchmark"), help="where benchmark fragments go")
+    parser.add_argument("--small", type=int, default=1024, help="edge of the small fragment (px)")
+    parser.add_argument("--large", type=int, default=8192, help="edge of the large fragment (px)")
+    parser.add_argument("--depth", type=int, default=30, help="slices per fragment")
+    parser.add_argument("--tile", type=int, default=256, help="tile size")
+    parser.add_argument("--batch", type=int, default=8, help="batch size")
+    parser.add_argument("--batches", type=int, default=200, help="batches to iterate")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        # Both ways import the same libraries before measuring, so neither is charged for them.
+        import albumentations  # noqa: F401
+        import pytorch_lightning  # noqa: F401
+        import tifffile  # noqa: F401
+        import torch  # noqa: F401
+
+        import datamodules.ink_datamodule  # noqa: F401
+
+        raw = json.loads(args.child_args)
+        kw = {
+            k: (Path(v) if k == "data_dir" else v == "True" if v in ("True", "False") else int(v))
+            for k, v in raw.items()
+        }
+        result = child_stream(**kw) if args.child == "stream" else child_in_ram(**kw)
+        print(json.dumps(result))
+        return
+    results: dict[str, object] = {}
+    if args.data:
+        results["data"] = data_benchmark(args)
+    else:
+        parser.error("choose a benchmark, e.g. --data")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
