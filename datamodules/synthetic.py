@@ -76,6 +76,7 @@ def make_fragment(
     with_labels: bool = True,
     with_mask: bool = True,
     surface_z: float | None = None,
+    ink_contrast: float = _INK_CONTRAST,
 ) -> Path:
     """Writes one synthetic fragment folder at ``root`` (``root`` IS the fragment folder) and returns it.
 
@@ -98,6 +99,8 @@ def make_fragment(
         with_mask: write ``mask.png`` and give the papyrus irregular margins; without it the sheet covers the
             whole frame, as a missing mask means "all valid".
         surface_z: mean surface depth in slices; default 30 for 65 slices, scaled with ``depth``.
+        ink_contrast: ink's brightness at its peak, as a fraction of the dtype's range (default 0.022: equal
+            to the per-pixel noise; the demo uses more so a CPU run learns within minutes).
 
     Returns:
         The fragment folder.
@@ -107,6 +110,8 @@ def make_fragment(
             already holds the other kind of slice folder.
     """
     _check_args(height, width, depth, seed, dtype, compression, layers_dirname, surface_z)
+    if not 0.0 <= ink_contrast <= 0.5:
+        raise ValueError(f"ink_contrast must be in [0, 0.5], got {ink_contrast!r}")
     root = Path(root)
     volume_dir = root / layers_dirname
     for other in _SLICE_DIRS:
@@ -123,7 +128,7 @@ def make_fragment(
 
     zs, amplitude, ink, mask = _build_fields(height, width, depth, seed, surface_z, with_mask)
     scale = float(np.iinfo(np.dtype(dtype)).max)
-    profile = _DepthProfiles(depth, scale)
+    profile = _DepthProfiles(depth, scale, ink_contrast)
     slice_buf = np.empty((height, width), dtype=dtype)
     for file_index in range(depth):
         z = depth - 1 - file_index if reverse_depth else file_index
@@ -152,6 +157,7 @@ def make_demo_data(
     width: int = 384,
     depth: int = 65,
     seed: int = 0,
+    ink_contrast: float = _INK_CONTRAST,
 ) -> list[Path]:
     """Writes fragments ``frag1``, ``frag2``, … under ``data_dir``, skipping those already complete.
 
@@ -166,6 +172,7 @@ def make_demo_data(
         width: image width of each fragment.
         depth: slices per fragment.
         seed: seed of the first fragment.
+        ink_contrast: see `make_fragment`.
 
     Returns:
         The fragment folders, in order.
@@ -182,7 +189,7 @@ def make_demo_data(
     for i in range(1, num_fragments + 1):
         path = data_dir / f"frag{i}"
         if not _is_complete(path, height, width, depth):
-            make_fragment(path, height, width, depth=depth, seed=seed + i - 1)
+            make_fragment(path, height, width, depth=depth, seed=seed + i - 1, ink_contrast=ink_contrast)
         paths.append(path)
     return paths
 
@@ -480,7 +487,7 @@ class _DepthProfiles:
     Values come out in dtype units (``scale`` = the dtype's maximum), offset by 0.5 so truncation rounds.
     """
 
-    def __init__(self, depth: int, scale: float) -> None:
+    def __init__(self, depth: int, scale: float, ink_contrast: float = _INK_CONTRAST) -> None:
         self._scale = scale
         thickness = max(2.0, _SHEET_THICKNESS * depth / _REFERENCE_DEPTH)
         self._low = -float(depth) - 2
@@ -488,7 +495,7 @@ class _DepthProfiles:
         sigmoid = lambda t: 1 / (1 + np.exp(-t))  # noqa: E731
         sheet = sigmoid(offsets / _EDGE_SOFTNESS) * sigmoid((thickness - offsets) / _EDGE_SOFTNESS)
         self.sheet = (scale * sheet).astype(np.float32)  # times the sheet contrast map (in intensity units)
-        ink = _INK_CONTRAST * np.exp(-0.5 * ((offsets - _INK_OFFSET) / _INK_SPREAD) ** 2)
+        ink = ink_contrast * np.exp(-0.5 * ((offsets - _INK_OFFSET) / _INK_SPREAD) ** 2)
         self.ink = (scale * ink).astype(np.float32)
 
     def slice_band(

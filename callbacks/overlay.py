@@ -1,0 +1,173 @@
+"""Small image helpers of the Grad-CAM callback: heat-map overlays, label outlines, depth-profile charts, PNG files.
+
+Plain numpy and Pillow (matplotlib is not a dependency of the project). Every image is an ``uint8`` array
+``[H, W, 3]`` (RGB), the layout both Pillow and ``SummaryWriter.add_image(..., dataformats="HWC")`` take.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Anchors of the classic "jet" map (dark blue → cyan → yellow → dark red), the usual Grad-CAM palette.
+_JET = np.array(
+    [[0.0, 0.0, 0.5], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.0]],
+    dtype=np.float32,
+)
+OUTLINE_RGB = (0, 255, 0)
+_BAR_RGB = (70, 130, 180)
+_LINE_RGB = (230, 120, 20)
+_AXIS_RGB = (60, 60, 60)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Maps values in [0, 1] (any shape) to RGB floats in [0, 1] with the jet palette, shape ``[..., 3]``."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0)
+    pos = v * (len(_JET) - 1)
+    low = np.minimum(pos.astype(np.int64), len(_JET) - 2)
+    frac = (pos - low)[..., None]
+    return _JET[low] * (1.0 - frac) + _JET[low + 1] * frac
+
+
+def to_grey(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """Stretches a 2-D array to [0, 1] between its `low_pct` and `high_pct` percentiles (robust to outliers)."""
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image, [low_pct, high_pct])
+    if not hi > lo:
+        return np.zeros_like(image)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """1-px inner contour of a boolean mask: the mask XOR its 3×3 erosion.
+
+    The border is padded by replication, so a region cut off by the tile edge gets no line along that edge.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    padded = np.pad(mask, 1, mode="edge")
+    h, w = mask.shape
+    eroded = np.ones_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            eroded &= padded[dy : dy + h, dx : dx + w]
+    return mask ^ eroded
+
+
+def cam_overlay(slice_image: np.ndarray, cam: np.ndarray, label: np.ndarray | None, alpha: float = 0.6) -> np.ndarray:
+    """Blends a CAM heat map over a grey slice and draws the label's outline.
+
+    The heat map's opacity grows with the CAM value (``alpha * cam``), so regions the model ignores show the
+    plain papyrus and the hot regions show the palette.
+
+    Args:
+        slice_image: the grey image [H, W] (any range; stretched by `to_grey`).
+        cam: the class activation map [H, W] in [0, 1].
+        label: ink ground truth [H, W] (> 0.5 is ink), outlined in green; None draws no outline.
+        alpha: opacity of the heat map where the CAM is 1.
+
+    Returns:
+        The RGB image, ``uint8 [H, W, 3]``.
+    """
+    if slice_image.shape != cam.shape or (label is not None and label.shape != cam.shape):
+        raise ValueError(
+            f"overlay needs equal shapes: slice {slice_image.shape}, cam {cam.shape}, "
+            f"label {None if label is None else label.shape}"
+        )
+    grey = to_grey(slice_image)[..., None].repeat(3, axis=-1)
+    weight = (alpha * np.clip(cam, 0.0, 1.0))[..., None]
+    rgb = (1.0 - weight) * grey + weight * colormap(cam)
+    out = np.round(rgb * 255.0).astype(np.uint8)
+    if label is not None:
+        out[outline(np.asarray(label) > 0.5)] = OUTLINE_RGB
+    return out
+
+
+def depth_profile_chart(
+    input_profile: Sequence[float],
+    cam_profile: Sequence[float] | None = None,
+    *,
+    first_slice: int = 0,
+    title: str = "",
+    size: tuple[int, int] = (360, 220),
+) -> np.ndarray:
+    """Draws per-slice attribution shares as a chart.
+
+    Bars: the input-gradient × input share of each slice (any model). Line with dots: the Grad-CAM mass share of
+    each slice (3-D target layers only). Both are fractions summing to 1 over the slices, on one y axis.
+
+    Args:
+        input_profile: share of |grad · x| per input slice.
+        cam_profile: share of CAM mass per input slice, or None.
+        first_slice: absolute index of slice 0 (the data's ``z_start``), for the x-axis labels.
+        title: text above the chart.
+        size: (width, height) in pixels.
+
+    Returns:
+        The RGB chart, ``uint8 [height, width, 3]``.
+    """
+    bars = np.nan_to_num(np.asarray(input_profile, dtype=np.float64))
+    line = None if cam_profile is None else np.nan_to_num(np.asarray(cam_profile, dtype=np.float64))
+    if bars.ndim != 1 or len(bars) == 0 or (line is not None and line.shape != bars.shape):
+        raise ValueError(
+            f"depth profiles must be 1-D and of equal length, got {bars.shape} and "
+            f"{None if line is None else line.shape}"
+        )
+    width, height = size
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 40, width - 10, 22, height - 34
+    top_value = max(float(bars.max()), float(line.max()) if line is not None else 0.0, 1e-12) * 1.1
+
+    def y_of(value: float) -> float:
+        return bottom - (bottom - top) * value / top_value
+
+    count = len(bars)
+    step = (right - left) / count
+    for i, value in enumerate(bars):
+        x0 = left + i * step + step * 0.15
+        draw.rectangle([x0, y_of(value), x0 + step * 0.7, bottom], fill=_BAR_RGB)
+    if line is not None:
+        points = [(left + (i + 0.5) * step, y_of(v)) for i, v in enumerate(line)]
+        if count > 1:
+            draw.line(points, fill=_LINE_RGB, width=2)
+        for x, y in points:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=_LINE_RGB)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill=_AXIS_RGB, width=1)
+    tick_every = max(1, int(np.ceil(count / 8)))
+    for i in range(0, count, tick_every):
+        x = left + (i + 0.5) * step
+        draw.line([(x, bottom), (x, bottom + 3)], fill=_AXIS_RGB)
+        draw.text((x - 6, bottom + 4), str(first_slice + i), fill=_AXIS_RGB, font=font)
+    draw.text((2, top - 4), f"{top_value / 1.1:.2f}", fill=_AXIS_RGB, font=font)
+    draw.text((2, bottom - 8), "0", fill=_AXIS_RGB, font=font)
+    draw.text((left, 4), title, fill=(0, 0, 0), font=font)
+    legend = "bars: |grad*x| share per slice"
+    if line is not None:
+        legend += "   line: Grad-CAM share"
+    draw.text((left, height - 14), legend, fill=_AXIS_RGB, font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Writes an ``uint8`` image ([H, W] or [H, W, 3]) as PNG atomically: a temporary name, then ``os.replace``.
+
+    A crash mid-write leaves at most a hidden temporary file, never a truncated PNG under the final name.
+    """
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"write_png '{path}': need a uint8 [H, W] or [H, W, 3] image, got {image.dtype} {image.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        Image.fromarray(image).save(temp, format="PNG")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,231 @@
+"""InkCLI: the LightningCLI of the project, its default callbacks and Trainer shorthand flags.
+
+``cli_main(args)`` is what ``scripts/fit.py``, ``test.py`` and ``predict.py`` call, and what tests call: every
+LightningCLI form works (``--config a.yaml --config b.yaml``, ``--model.x``, ``--data.y``, ``--print_config``),
+plus the shorthands ``--accelerator``, ``--devices``, ``--precision``, ``--strategy``, ``--max_epochs``,
+``--max_steps``, ``--num_nodes`` meaning the same as ``--trainer.X``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
+
+import torch  # noqa: E402
+from pytorch_lightning import Trainer  # noqa: E402
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn  # noqa: E402
+
+from callbacks.cam import GradCAMCallback  # noqa: E402
+from callbacks.eval_images import EvalImageLogger  # noqa: E402
+from callbacks.prediction_writer import InkPredictionWriter  # noqa: E402
+from datamodules.ink_datamodule import InkDataModule  # noqa: E402
+from lightning_app.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from modules.ink_module import InkModule  # noqa: E402
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+TRAINER_SHORTHANDS = ("accelerator", "devices", "precision", "strategy", "max_epochs", "max_steps", "num_nodes")
+# Default callbacks, each with its config group; `--disable_callbacks [cam, early_stopping]` turns some off.
+DEFAULT_CALLBACKS = ("checkpoint", "early_stopping", "lr_monitor", "cam", "eval_images", "prediction_writer")
+
+
+say = rank_zero_only(print)
+
+
+class InkCLI(LightningCLI):
+    """LightningCLI over InkModule and InkDataModule with the project's default callbacks and logger."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_slices", "model.num_slices", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/f05",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:03d}-f05_{val/f05:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {"early_stopping.monitor": "val/f05", "early_stopping.mode": "max", "early_stopping.patience": 10}
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(GradCAMCallback, "cam")
+        parser.add_lightning_class_args(EvalImageLogger, "eval_images")
+        parser.add_lightning_class_args(InkPredictionWriter, "prediction_writer")
+        parser.add_argument(
+            "--disable_callbacks",
+            type=list[str],
+            default=[],
+            help=f"default callbacks to leave out, of {list(DEFAULT_CALLBACKS)}",
+        )
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint after fitting"
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        disabled = set(config.get("disable_callbacks") or [])
+        unknown = disabled - set(DEFAULT_CALLBACKS)
+        if unknown:
+            raise ValueError(
+                f"disable_callbacks names unknown callback(s) {sorted(unknown)}; known: {list(DEFAULT_CALLBACKS)}"
+            )
+        if self.subcommand != "predict":
+            disabled.add("prediction_writer")
+        keys = [k for k in self._parser(self.subcommand).callback_keys if k not in disabled]
+        extra_callbacks = [self._get(self.config_init, key) for key in keys]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        plugins = trainer_config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return self._instantiate_trainer(trainer_config, extra_callbacks)
+
+    def _check_ckpt_path(self) -> None:
+        """Resolves ``--ckpt_path last`` to the newest last.ckpt and checks the checkpoint fits the model."""
+        config = self.config_init[self.subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last":
+            ckpt = config["ckpt_path"] = str(find_last_checkpoint(self.trainer))
+            say(f"resuming from {ckpt}")
+        if ckpt not in (None, "best"):
+            check_checkpoint_matches(ckpt, self.model)
+        elif ckpt is None and self.subcommand in ("test", "predict", "validate"):
+            rank_zero_warn(f"{self.subcommand} without --ckpt_path: the model has its initial (untrained) weights")
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+
+    def after_fit(self) -> None:
+        """Tests the best checkpoint and tells where the outputs are."""
+        trainer = self.trainer
+        if trainer.fast_dev_run or trainer.interrupted:
+            return
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if self.config_init["fit"].get("test_after_fit"):
+            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+            self.test_results = results[0] if results else {}
+            say(format_test_table(self.test_results))
+        say(
+            f"\nlogs and config.yaml: {trainer.log_dir}\n"
+            f"checkpoints: {checkpoint.dirpath if checkpoint else '-'} (best: {best or '-'})\n"
+            f"TensorBoard: tensorboard --logdir {Path(trainer.log_dir).parent}"
+        )
+
+    def after_test(self) -> None:
+        results = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        say(format_test_table(results))
+
+    def after_predict(self) -> None:
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, InkPredictionWriter)), None)
+        if writer is not None:
+            say(f"predictions written to {writer.output_dir}")
+
+
+def format_test_table(results: dict[str, float]) -> str:
+    """A per-fragment F0.5 table from ``test/<fragment>/f05`` metrics, with the overall scores."""
+    rows = sorted((k.split("/")[1], v) for k, v in results.items() if k.count("/") == 2 and k.endswith("/f05"))
+    lines = ["", f"{'fragment':<24}{'test F0.5':>10}"]
+    lines += [f"{name:<24}{float(value):>10.4f}" for name, value in rows]
+    for key, label in (
+        ("test/f05", "all fragments"),
+        ("test/f05_best", "best-threshold F0.5"),
+        ("test/threshold", "best threshold"),
+        ("test/ap", "average precision"),
+    ):
+        if key in results:
+            lines.append(f"{label:<24}{float(results[key]):>10.4f}")
+    return "\n".join(lines)
+
+
+def expand_shorthands(args: Sequence[str]) -> list[str]:
+    """``--accelerator gpu`` → ``--trainer.accelerator gpu`` (also the ``--flag=value`` form)."""
+    out = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if name.startswith("--") and name[2:] in TRAINER_SHORTHANDS:
+            out.append(f"--trainer.{name[2:]}{sep}{value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def cli_main(args: Sequence[str] | None = None) -> InkCLI:
+    """Runs ``fit``, ``validate``, ``test`` or ``predict`` as the command line would, and returns the CLI.
+
+    ``fit`` with no ``--config`` uses ``lightning_app/configs/demo.yaml`` (synthetic demo fragments, CPU).
+    After ``fit``, the best checkpoint is tested (``--test_after_fit false`` skips it).
+    """
+    import sys
+
+    argv = expand_shorthands(list(sys.argv[1:] if args is None else args))
+    if argv and argv[0] == "fit" and _option(argv, "--config") is None:
+        argv = [argv[0], "--config", str(DEMO_CONFIG), *argv[1:]]
+    return InkCLI(
+        InkModule,
+        InkDataModule,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "ink"},
+            },
+        },
+        auto_configure_optimizers=False,
+    )
+
+
+def find_last_checkpoint(trainer: Trainer) -> Path:
+    """The newest ``last.ckpt`` of earlier runs under the logger's folder (``runs/ink/version_*/checkpoints``)."""
+    logger = trainer.logger
+    root = Path(logger.save_dir, logger.name) if logger is not None else Path(trainer.default_root_dir)
+    found = sorted(root.glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"ckpt_path 'last': no last.ckpt under '{root}' to resume from")
+    return found[-1]
+
+
+def check_checkpoint_matches(path: str | Path, model: torch.nn.Module) -> None:
+    """Fails early, in one line, on a checkpoint that is missing, unreadable, or saved by another model."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"ckpt_path '{path}' does not exist")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"ckpt_path '{path}' is not a readable checkpoint: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"ckpt_path '{path}' is not a Lightning checkpoint (no state_dict)")
+    state, own = checkpoint["state_dict"], model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        if reshaped:
+            key = reshaped[0]
+            example = f"{key}: checkpoint {list(state[key].shape)} vs model {list(own[key].shape)}"
+        else:
+            example = (missing or unexpected)[0]
+        raise ValueError(
+            f"ckpt_path '{path}' belongs to another model: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(reshaped)} reshaped tensors (e.g. {example}); use the config.yaml saved with that run"
+        )

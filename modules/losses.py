@@ -1,0 +1,136 @@
+"""The training loss: BCE with logits + soft Dice over valid pixels, in float32."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def ink_boundary(label: Tensor, width: int) -> Tensor:
+    """1 where a pixel lies within `width` px (Chebyshev distance) of an ink boundary, else 0.
+
+    Computed as dilation minus erosion of the binarised label with max pooling.
+
+    Args:
+        label: [B, 1, H, W] ink labels in [0, 1].
+        width: boundary half-width in pixels (>= 1).
+    """
+    ink = (label > 0.5).float()
+    k = 2 * width + 1
+    dilated = F.max_pool2d(ink, k, stride=1, padding=width)
+    eroded = -F.max_pool2d(-ink, k, stride=1, padding=width)
+    return dilated - eroded
+
+
+class InkLoss(nn.Module):
+    """``bce_weight × BCE + dice_weight × (1 − soft Dice)``, on valid pixels only.
+
+    - BCE uses `pos_weight` (a buffer: saved in the state dict, moved by ``.to()``) and, when
+      `label_smoothing` s > 0, targets ``t·(1 − s) + s/2``.
+    - `edge_weight` > 0 weighs the BCE of pixels within `edge_width` px of an ink boundary by
+      ``1 + edge_weight`` (the BCE is the weighted mean over valid pixels).
+    - Dice is one soft Dice over all valid pixels of the batch (tiles without ink do not produce 0/0),
+      against the unsmoothed labels.
+    - Everything runs in float32 with autocast disabled, so bf16/fp16 training cannot underflow the loss.
+
+    The loss does not check for NaN/inf itself; `InkModule.training_step` does (see `check_finite`).
+
+    Args:
+        pos_weight: BCE weight of ink pixels (> 0); > 1 penalises missed ink more.
+        bce_weight: weight of the BCE term (>= 0).
+        dice_weight: weight of the Dice term (>= 0).
+        label_smoothing: s in [0, 1).
+        edge_weight: extra BCE weight near ink boundaries (>= 0).
+        edge_width: half-width of the boundary band in pixels (>= 1).
+        smooth: additive smoothing of the Dice ratio.
+    """
+
+    pos_weight: Tensor
+
+    def __init__(
+        self,
+        pos_weight: float = 1.0,
+        bce_weight: float = 0.5,
+        dice_weight: float = 0.5,
+        label_smoothing: float = 0.0,
+        edge_weight: float = 0.0,
+        edge_width: int = 3,
+        smooth: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not (pos_weight > 0 and math.isfinite(pos_weight)):
+            raise ValueError(f"pos_weight must be a positive number, got {pos_weight}")
+        if bce_weight < 0 or dice_weight < 0 or bce_weight + dice_weight <= 0:
+            raise ValueError(f"bce_weight ({bce_weight}) and dice_weight ({dice_weight}) must be >= 0 and not both 0")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if edge_weight < 0:
+            raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
+        if edge_width < 1:
+            raise ValueError(f"edge_width must be >= 1 pixel, got {edge_width}")
+        if smooth <= 0:
+            raise ValueError(f"smooth must be > 0, got {smooth}")
+        self.register_buffer("pos_weight", torch.tensor([float(pos_weight)]))
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+        self.label_smoothing = label_smoothing
+        self.edge_weight = edge_weight
+        self.edge_width = edge_width
+        self.smooth = smooth
+
+    def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+        """The scalar loss of logits [B, 1, H, W] against labels [B, 1, H, W] on `valid` pixels (1 = scored)."""
+        if logits.shape != target.shape:
+            raise ValueError(f"InkLoss: logits {list(logits.shape)} and labels {list(target.shape)} differ in shape")
+        if valid is not None and valid.shape != target.shape:
+            raise ValueError(f"InkLoss: valid mask {list(valid.shape)} and labels {list(target.shape)} differ")
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            target = target.float()
+            mask = torch.ones_like(target) if valid is None else (valid > 0.5).float()
+            # Pixels outside the mask must not leak NaN/inf from labels or logits into the sums.
+            logits = torch.where(mask > 0, logits, torch.zeros_like(logits))
+            target = torch.where(mask > 0, target, torch.zeros_like(target))
+            loss = logits.new_zeros(())
+            if self.bce_weight > 0:
+                loss = loss + self.bce_weight * self._bce(logits, target, mask)
+            if self.dice_weight > 0:
+                loss = loss + self.dice_weight * self._dice(logits, target, mask)
+        return loss
+
+    def _bce(self, logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        s = self.label_smoothing
+        smoothed = target * (1.0 - s) + s / 2.0 if s > 0 else target
+        per_pixel = F.binary_cross_entropy_with_logits(
+            logits, smoothed, pos_weight=self.pos_weight.float(), reduction="none"
+        )
+        weight = mask
+        if self.edge_weight > 0:
+            weight = mask * (1.0 + self.edge_weight * ink_boundary(target, self.edge_width))
+        # No valid pixel: a zero that still depends on the logits, so backward works.
+        return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def _dice(self, logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        prob = torch.sigmoid(logits) * mask
+        truth = target * mask
+        intersection = (prob * truth).sum()
+        return 1.0 - (2.0 * intersection + self.smooth) / (prob.sum() + truth.sum() + self.smooth)
+
+
+def check_finite(loss: Tensor, name: str, step: int) -> None:
+    """Raises FloatingPointError if `loss` is NaN or infinite, naming the loss and the step.
+
+    Args:
+        loss: a scalar loss.
+        name: the logged name of the loss, e.g. ``train/loss``.
+        step: the global optimizer step.
+    """
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(
+            f"{name} is {loss.detach().float().item()} at global step {step}: training diverged. "
+            "Lower the learning rate (model.lr), clip gradients (trainer.gradient_clip_val), "
+            "or use bf16 instead of fp16 mixed precision (trainer.precision=bf16-mixed)."
+        )

@@ -1,0 +1,30 @@
+"""Shared entry point of the scripts: one clear line for user errors, the traceback only with INK_DEBUG=1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Errors that mean "bad input or setting" (our own messages name the file or setting), not a bug.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, ValueError, TypeError)
+
+
+def run(subcommand: str, argv: list[str] | None = None) -> int:
+    """Runs ``cli_main([subcommand, *argv])``; returns the process exit code."""
+    from lightning_app.cli import cli_main
+
+    args = sys.argv[1:] if argv is None else argv
+    sys.argv = sys.argv[:1]  # the arguments travel in `args`; LightningCLI warns when both are set
+    try:
+        cli_main([subcommand, *args])
+    except USER_ERRORS as err:
+        if os.environ.get("INK_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
