@@ -9,14 +9,16 @@ plus the shorthands ``--accelerator``, ``--devices``, ``--precision``, ``--strat
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
 
 import torch  # noqa: E402
-from pytorch_lightning import Trainer  # noqa: E402
+from pytorch_lightning import LightningModule, Trainer  # noqa: E402
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn  # noqa: E402
@@ -36,6 +38,39 @@ DEFAULT_CALLBACKS = ("checkpoint", "early_stopping", "lr_monitor", "cam", "eval_
 
 
 say = rank_zero_only(print)
+# Hyperparameters that change what the network computes without changing any tensor's shape (a 3-D encoder takes
+# any depth), so a checkpoint's state_dict alone cannot tell that it belongs to another model.
+SHAPELESS_HPARAMS = ("num_slices", "depth_pool")
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is the latest state at every save point, so ``--ckpt_path last`` resumes.
+
+    Since Lightning 2.5, ``save_last=True`` rewrites ``last.ckpt`` only when a top-k checkpoint is saved, that is,
+    when the monitored score improved: resuming would silently lose the epochs after the best one.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def _save_latest(self, trainer: Trainer) -> None:
+        # save_last="link" links to the newest top-k file by design; skipped when this step was already saved.
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class InkArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose errors show a one-line usage rather than all ~170 options above the message."""
+
+    def print_usage(self, file: IO[str] | None = None) -> None:
+        (file or sys.stdout).write(f"usage: {self.prog} [-h] [-c CONFIG] [--print_config] [--section.key VALUE ...]\n")
 
 
 class InkCLI(LightningCLI):
@@ -43,7 +78,7 @@ class InkCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_slices", "model.num_slices", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/f05",
@@ -55,7 +90,13 @@ class InkCLI(LightningCLI):
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
-            {"early_stopping.monitor": "val/f05", "early_stopping.mode": "max", "early_stopping.patience": 10}
+            {
+                "early_stopping.monitor": "val/f05",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 10,
+                # Checked after each validation: a run cut short by max_steps ends an epoch with no val/f05.
+                "early_stopping.check_on_train_epoch_end": False,
+            }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
@@ -102,7 +143,14 @@ class InkCLI(LightningCLI):
         elif ckpt is None and self.subcommand in ("test", "predict", "validate"):
             rank_zero_warn(f"{self.subcommand} without --ckpt_path: the model has its initial (untrained) weights")
 
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+    before_fit = before_validate = before_test = _check_ckpt_path
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path()
+        # The writer reads the stitched maps; keeping every batch's output would cost GBs on a real fragment.
+        config = self.config_init["predict"]
+        if config.get("return_predictions") is None:
+            config["return_predictions"] = False
 
     def after_fit(self) -> None:
         """Tests the best checkpoint and tells where the outputs are."""
@@ -174,8 +222,8 @@ def cli_main(args: Sequence[str] | None = None) -> InkCLI:
     ``fit`` with no ``--config`` uses ``lightning_app/configs/demo.yaml`` (synthetic demo fragments, CPU).
     After ``fit``, the best checkpoint is tested (``--test_after_fit false`` skips it).
     """
-    import sys
-
+    # The args passed here are the command line (expanded); sys.argv is kept for DDP's launcher, not parsed twice.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
     argv = expand_shorthands(list(sys.argv[1:] if args is None else args))
     if argv and argv[0] == "fit" and _option(argv, "--config") is None:
         argv = [argv[0], "--config", str(DEMO_CONFIG), *argv[1:]]
@@ -183,6 +231,7 @@ def cli_main(args: Sequence[str] | None = None) -> InkCLI:
         InkModule,
         InkDataModule,
         args=argv,
+        parser_class=InkArgumentParser,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "logger": {
@@ -215,6 +264,14 @@ def check_checkpoint_matches(path: str | Path, model: torch.nn.Module) -> None:
         raise ValueError(f"ckpt_path '{path}' is not a readable checkpoint: {err}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"ckpt_path '{path}' is not a Lightning checkpoint (no state_dict)")
+    saved_hparams = checkpoint.get("hyper_parameters") or {}
+    own_hparams = getattr(model, "hparams", {})
+    for name in SHAPELESS_HPARAMS:
+        if name in saved_hparams and name in own_hparams and saved_hparams[name] != own_hparams[name]:
+            raise ValueError(
+                f"ckpt_path '{path}' belongs to another model: it was trained with {name}={saved_hparams[name]!r}, "
+                f"this run has {name}={own_hparams[name]!r}; use the config.yaml saved with that run"
+            )
     state, own = checkpoint["state_dict"], model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -10,19 +10,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Errors that mean "bad input or setting" (our own messages name the file or setting), not a bug.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, ValueError, TypeError)
+# Errors that mean "bad input or setting" (our own messages name the file or setting, OSError the path; Lightning's
+# MisconfigurationException names the Trainer setting), not a bug.
+USER_ERRORS = (OSError, ValueError, TypeError)
 
 
 def run(subcommand: str, argv: list[str] | None = None) -> int:
     """Runs ``cli_main([subcommand, *argv])``; returns the process exit code."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     from lightning_app.cli import cli_main
 
+    # sys.argv stays as it is: DDP's launcher starts the other ranks by re-running `sys.argv`.
     args = sys.argv[1:] if argv is None else argv
-    sys.argv = sys.argv[:1]  # the arguments travel in `args`; LightningCLI warns when both are set
     try:
         cli_main([subcommand, *args])
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, MisconfigurationException) as err:
         if os.environ.get("INK_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
