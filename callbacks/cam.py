@@ -436,6 +436,7 @@ class GradCAMCallback(pl.Callback):
         self.tiles: dict[str, Any] | None = None
         self.resolved_layer: str | None = None
         self._last_epoch: int | None = None
+        self._log_dir: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -452,13 +453,16 @@ class GradCAMCallback(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Runs the CAM when the epoch is due (not in the sanity check; rank zero only)."""
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs != 0 or epoch == self._last_epoch:
             return
         self._last_epoch = epoch
-        self.run(trainer, pl_module)
+        # trainer.log_dir is a collective under DDP: every rank asks for it before rank zero works alone.
+        self._log_dir = None if self.output_dir else trainer.log_dir
+        if trainer.is_global_zero:
+            self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         """The chosen tiles (CPU tensors and fragment ids), or nothing before they are chosen."""
@@ -476,6 +480,8 @@ class GradCAMCallback(pl.Callback):
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Path]:
         """Computes, saves and logs the CAMs of the tiles for the current epoch; returns the PNG paths."""
         # Validation hooks run under inference_mode; tiles made there could never take part in autograd.
+        if self._log_dir is None and not self.output_dir and trainer.world_size == 1:
+            self._log_dir = trainer.log_dir  # a direct call outside the hook, single process
         with torch.inference_mode(False):
             return self._run(trainer, pl_module)
 
@@ -490,9 +496,7 @@ class GradCAMCallback(pl.Callback):
         result = compute_grad_cam(
             pl_module, tiles["image"], tiles["label"], tiles["valid"], self.resolved_layer, self.target
         )
-        out_dir = (
-            Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "cam"
-        )
+        out_dir = Path(self.output_dir) if self.output_dir else Path(self._log_dir or trainer.default_root_dir) / "cam"
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)] if self.log_to_tensorboard else []
         epoch, step = trainer.current_epoch, trainer.global_step
         first_slice = _z_start(trainer)

@@ -277,7 +277,6 @@ class InkDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
-            worker_init_fn=_init_worker if workers > 0 else None,
             pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
         )
 
@@ -304,13 +303,6 @@ class InkDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
-
-
-def _init_worker(worker_id: int) -> None:
-    """One OpenCV thread per worker: the workers already use the cores, nested threads only contend."""
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 def _has_fragments(folder: Path) -> bool:

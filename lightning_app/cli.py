@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn  # noqa: E402
 
+from callbacks.atomic import ensure_writable_dir  # noqa: E402
 from callbacks.cam import GradCAMCallback  # noqa: E402
 from callbacks.eval_images import EvalImageLogger  # noqa: E402
 from callbacks.prediction_writer import InkPredictionWriter  # noqa: E402
@@ -113,6 +114,14 @@ class InkCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint after fitting"
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Keeps the model settings of the config and command line.
+
+        Lightning would overwrite them with the hyperparameters stored in ``--ckpt_path``, silently dropping explicit
+        ones such as ``--model.tta true`` or ``--model.threshold 0.3``. A checkpoint of another architecture is
+        rejected by `check_checkpoint_matches` instead.
+        """
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
         disabled = set(config.get("disable_callbacks") or [])
@@ -146,7 +155,11 @@ class InkCLI(LightningCLI):
     before_fit = before_validate = before_test = _check_ckpt_path
 
     def before_predict(self) -> None:
+        """Checks the checkpoint and the prediction folder before the run folder or any prediction is made."""
         self._check_ckpt_path()
+        for writer in self.trainer.callbacks:
+            if isinstance(writer, InkPredictionWriter):
+                ensure_writable_dir(writer.output_dir, "InkPredictionWriter output_dir")
         # The writer reads the stitched maps; keeping every batch's output would cost GBs on a real fragment.
         config = self.config_init["predict"]
         if config.get("return_predictions") is None:
@@ -225,7 +238,7 @@ def cli_main(args: Sequence[str] | None = None) -> InkCLI:
     # The args passed here are the command line (expanded); sys.argv is kept for DDP's launcher, not parsed twice.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
     argv = expand_shorthands(list(sys.argv[1:] if args is None else args))
-    if argv and argv[0] == "fit" and _option(argv, "--config") is None:
+    if argv and argv[0] == "fit" and _option(argv, "--config") is None and _option(argv, "-c") is None:
         argv = [argv[0], "--config", str(DEMO_CONFIG), *argv[1:]]
     return InkCLI(
         InkModule,

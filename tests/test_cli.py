@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks.rle import rle_decode
 from datamodules.synthetic import make_demo_data
+from lightning_app.checkpoint_io import AtomicCheckpointIO
 from lightning_app.cli import InkCLI, cli_main, expand_shorthands
 from modules.ink_module import InkModule
 
@@ -35,8 +36,15 @@ SAMPLES_PER_EPOCH = 16
 STEPS_PER_EPOCH = SAMPLES_PER_EPOCH // BATCH_SIZE
 
 
-def write_config(root: Path, data_dir: Path, *, max_epochs: int = 2) -> Path:
-    """A tiny fit/test/predict config whose every output goes under ``root``; returns its path."""
+def write_config(root: Path, data_dir: Path, *, max_epochs: int = 2, logger: str = "TensorBoardLogger") -> Path:
+    """A tiny fit/test/predict config whose every output goes under ``root``; returns its path.
+
+    Args:
+        root: folder of the config, the run folders (``runs/ink/version_*``) and the predictions (``pred``).
+        data_dir: the fragments (see `make_data`).
+        max_epochs: training epochs.
+        logger: a logger class of ``pytorch_lightning.loggers`` writing under ``root / "runs"``.
+    """
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -47,7 +55,7 @@ def write_config(root: Path, data_dir: Path, *, max_epochs: int = 2) -> Path:
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": {
-                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "class_path": f"pytorch_lightning.loggers.{logger}",
                 "init_args": {"save_dir": str(root / "runs"), "name": "ink"},
             },
         },
@@ -172,6 +180,7 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[int, i
 def test_fit_saves_last_and_best_checkpoint(trained: TrainedRun) -> None:
     checkpoint = trained.cli.trainer.checkpoint_callback
     assert (checkpoint.monitor, checkpoint.mode) == ("val/f05", "max")
+    assert isinstance(trained.cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     files = sorted(p.name for p in trained.last.parent.glob("*.ckpt"))
     assert "last.ckpt" in files and trained.best.name in files and len(files) == 2, files
     assert trained.best.name.startswith("epoch") and "f05_" in trained.best.name
@@ -254,6 +263,13 @@ def test_test_subcommand_scores_the_checkpoint(trained: TrainedRun, in_tmp: Path
     assert metrics["test/frag2/f05"] == pytest.approx(metrics["test/f05"], abs=1e-6)
     out = capsys.readouterr().out
     assert "frag2" in out and "all fragments" in out
+
+
+def test_command_line_model_settings_beat_the_checkpoint_hparams(trained: TrainedRun, in_tmp: Path) -> None:
+    # Lightning's CLI would silently replace them with the hyperparameters saved in the checkpoint.
+    args = ["--ckpt_path", str(trained.best), "--model.tta", "true", "--model.threshold", "0.3"]
+    cli = cli_main(["test", "--config", str(trained.config), *args, "--trainer.limit_test_batches", "1"])
+    assert cli.model.hparams.tta is True and cli.model.hparams.threshold == 0.3
 
 
 def test_predict_writes_pngs_and_submission(trained: TrainedRun, in_tmp: Path) -> None:
@@ -366,6 +382,17 @@ def test_fit_without_config_uses_the_demo_config(in_tmp: Path, capsys: Any) -> N
     assert list(in_tmp.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag", ["-c", "--config"])
+def test_a_config_replaces_the_demo_config(data_dir: Path, in_tmp: Path, capsys: Any, flag: str) -> None:
+    config = write_config(in_tmp, data_dir)
+    with pytest.raises(SystemExit):
+        cli_main(["fit", flag, str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    # Nothing of demo.yaml underneath: the data module's own defaults where tiny.yaml says nothing.
+    assert printed["data"]["demo"] is False and printed["data"]["demo_fragments"] == 2
+    assert printed["data"]["data_dir"] == str(data_dir)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
@@ -465,7 +492,7 @@ def test_predict_on_a_folder_without_fragments(trained: TrainedRun, in_tmp: Path
     args = ["predict", "--config", str(config), "--ckpt_path", str(trained.best), "--data.predict_dir", str(empty)]
     with pytest.raises(FileNotFoundError, match="no fragment found in data_dir"):
         cli_main(args)
-    assert not (in_tmp / "pred").exists()
+    assert not list(in_tmp.glob("pred/*"))
 
 
 def test_unwritable_prediction_folder_fails_before_predicting(
@@ -491,6 +518,7 @@ def test_unwritable_prediction_folder_fails_before_predicting(
         )
     assert steps == []
     assert blocker.read_text() == "not a folder"
+    assert not (in_tmp / "runs").exists()  # it failed before the run folder was made
     assert temp_files(in_tmp) == []
 
 

@@ -1,0 +1,49 @@
+"""The main job's config learns: a shortened demo run beats predicting ink everywhere by a clear margin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.fragment import Fragment
+from lightning_app.cli import DEMO_CONFIG, cli_main
+
+
+def f05_of_predicting_ink_everywhere(fragment_dir: Path) -> float:
+    """F0.5 of the all-ink prediction inside the mask: precision = ink fraction, recall = 1."""
+    fragment = Fragment(fragment_dir, z_start=0, z_end=1)
+    precision = float(np.asarray(fragment.labels)[np.asarray(fragment.mask)].mean())
+    return 1.25 * precision / (0.25 * precision + 1.0)
+
+
+@pytest.mark.slow
+def test_demo_config_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(DEMO_CONFIG),
+            "--data.demo_size",
+            "256",
+            "--data.folds",
+            "4",
+            "--data.val_fold",
+            "3",
+            "--max_epochs",
+            "9",
+            "--disable_callbacks",
+            "[cam, early_stopping]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
+    baseline = f05_of_predicting_ink_everywhere(tmp_path / "data" / "demo" / "frag3")
+    score = cli.test_results["test/f05"]
+    assert 0.05 < baseline < 0.3
+    assert score > baseline + 0.25, f"demo test F0.5 {score:.3f} vs all-ink {baseline:.3f}"
+    assert (tmp_path / "runs" / "ink" / "version_0" / "config.yaml").exists()
