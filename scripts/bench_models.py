@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = benchmark_models(
         args.encoders, args.tiles, args.slices, args.batch, args.repeats, args.device, measure or None
     )
+    # Ratios against the first encoder measured in this same run (the baseline), so machines compare.
+    baseline = {r["tile"]: r["step_s"] for r in rows if r["encoder"] == args.encoders[0]}
+    print(f"\nstep time per batch of {args.batch}, D={args.slices}; (×) = ratio to {args.encoders[0]} at the same tile")
     print("\n| encoder | params (M) | " + " | ".join(f"step T={t} (s)" for t in args.tiles) + " |")
     print("|---|---:|" + "---:|" * len(args.tiles))
     for encoder in args.encoders:
@@ -120,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if r["measured_batch"] != args.batch
                 else ""
             )
-            steps.append(f"{r['step_s']:.2f}{note}")
+            steps.append(f"{r['step_s']:.2f} ({r['step_s'] / baseline[tile]:.1f}×){note}")
         print(f"| {encoder} | {first['params_m']:.2f} | " + " | ".join(steps) + " |")
 
 

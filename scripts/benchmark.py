@@ -11,6 +11,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
 
     python scripts/benchmark.py --data                      # 1024^2 vs 8192^2, 30 slices, 200 batches
     python scripts/benchmark.py --data --large 4096 --batches 50
+    python scripts/benchmark.py --models                    # params and CPU step time of each encoder, tile 64/256
 """
 
 from __future__ import annotations
@@ -207,6 +208,9 @@ def data_benchmark(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", action="store_true", help="run the data-loading benchmark")
+    parser.add_argument(
+        "--models", action="store_true", help="parameters and CPU step time per encoder (scripts/bench_models.py)"
+    )
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "benchmark"), help="where benchmark fragments go")
     parser.add_argument("--small", type=int, default=1024, help="edge of the small fragment (px)")
     parser.add_argument("--large", type=int, default=8192, help="edge of the large fragment (px)")
@@ -237,10 +241,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     results: dict[str, object] = {}
+    if not (args.data or args.models):
+        parser.error("choose a benchmark: --data and/or --models")
     if args.data:
         results["data"] = data_benchmark(args)
-    else:
-        parser.error("choose a benchmark, e.g. --data")
+    if args.models:
+        from scripts.bench_models import main as models_main
+
+        models_main(["--batch", str(args.batch), "--slices", str(args.depth), "--measure-batch-3d", "256:1"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
