@@ -6,13 +6,13 @@ Plain numpy and Pillow (matplotlib is not a dependency of the project). Every im
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from callbacks.atomic import atomic_path
 
 # Anchors of the classic "jet" map (dark blue → cyan → yellow → dark red), the usual Grad-CAM palette.
 _JET = np.array(
@@ -164,10 +164,6 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(f"write_png '{path}': need a uint8 [H, W] or [H, W, 3] image, got {image.dtype} {image.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
+    with atomic_path(path, fsync=False) as temp:
         Image.fromarray(image).save(temp, format="PNG")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
     return path
