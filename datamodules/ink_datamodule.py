@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
 from datamodules.synthetic import make_demo_data
-from datamodules.tile_dataset import BalancedTileSampler, ShardedEvalSampler, TileDataset
+from datamodules.tile_dataset import BalancedTileSampler, ShardedEvalSampler, TileDataset, check_ink_ratio
 from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
 from datamodules.transforms import AugmentConfig, TileTransform
 
@@ -99,8 +99,7 @@ class InkDataModule(pl.LightningDataModule):
             raise ValueError(f"z_start={z_start}, z_end={z_end}: need 0 <= z_start < z_end")
         if not 0.0 <= min_valid_fraction <= 1.0:
             raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
-        if ink_ratio is not None and not 0.0 <= ink_ratio < 1.0:
-            raise ValueError(f"ink_ratio={ink_ratio}: must be in [0, 1) or None")
+        check_ink_ratio(ink_ratio)
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers}: must be >= 0")
         self.stride = stride or max(1, tile_size // 2)

@@ -103,11 +103,7 @@ class BalancedTileSampler(DistributedSampler):
         seed: int = 0,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if ink_ratio is not None and not 0.0 <= ink_ratio < 1.0:
-            raise ValueError(
-                f"ink_ratio={ink_ratio}: must be in [0, 1) "
-                "(ink-only sampling makes a model that predicts ink everywhere)"
-            )
+        check_ink_ratio(ink_ratio)
         own = np.arange(len(dataset))[rank::num_replicas]
         if len(own) == 0:
             raise ValueError(f"the training split has {len(dataset)} tiles, fewer than the {num_replicas} processes")
@@ -130,6 +126,15 @@ class BalancedTileSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def check_ink_ratio(ink_ratio: float | None) -> None:
+    """``ink_ratio`` must be None (uniform sampling) or in [0, 1): never 1."""
+    if ink_ratio is not None and not 0.0 <= ink_ratio < 1.0:
+        raise ValueError(
+            f"ink_ratio={ink_ratio}: must be in [0, 1) or None "
+            "(ink-only sampling makes a model that predicts ink everywhere)"
+        )
 
 
 def _draw(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

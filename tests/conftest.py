@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 
@@ -57,3 +58,14 @@ def fragment_factory(tmp_path: Path):
         return folder, volume, mask, labels
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread and a fixed torch seed: on a few shared cores, more threads stall each other on the
+    tiny tensors of these tests. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

@@ -11,15 +11,7 @@ import torch
 from modules.components import DepthPool, InkNet, TimmEncoder2d, build_encoder3d, build_net
 from modules.components.weights import adapt_input_channels
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a few shared cores, more threads stall each other on these tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("output_stride", [1, 2, 4])

@@ -19,14 +19,7 @@ from modules.losses import InkLoss
 TINY = {"num_slices": 4, "encoder": "tiny3d", "encoder_kwargs": {"widths": [4, 8, 16]}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a few shared cores, more threads stall each other on these tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pattern(depth: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
