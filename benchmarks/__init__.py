@@ -1,0 +1,1 @@
+"""Quality benchmark helpers: held-out data and reference baselines, used only to judge trained models."""
