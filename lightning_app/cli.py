@@ -30,6 +30,10 @@ from callbacks.prediction_writer import InkPredictionWriter  # noqa: E402
 from datamodules.ink_datamodule import InkDataModule  # noqa: E402
 from lightning_app.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from modules.ink_module import InkModule  # noqa: E402
+from utils.checkpoints import allow_project_types, load_checkpoint  # noqa: E402
+
+# Lightning's own weights-only loads in this process (LightningModule.load_from_checkpoint) accept the project's types.
+allow_project_types()
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -267,15 +271,12 @@ def find_last_checkpoint(trainer: Trainer) -> Path:
 
 
 def check_checkpoint_matches(path: str | Path, model: torch.nn.Module) -> None:
-    """Fails early, in one line, on a checkpoint that is missing, unreadable, or saved by another model."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"ckpt_path '{path}' does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"ckpt_path '{path}' is not a readable checkpoint: {err}") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    """Fails early, in one line, on a checkpoint that is missing, unreadable, holds code, or was saved by another
+    model."""
+    # Weights-only: a checkpoint holding code is refused here, before Lightning reads it (also weights-only, through
+    # AtomicCheckpointIO).
+    checkpoint = load_checkpoint(path, what="ckpt_path")
+    if "state_dict" not in checkpoint:
         raise ValueError(f"ckpt_path '{path}' is not a Lightning checkpoint (no state_dict)")
     saved_hparams = checkpoint.get("hyper_parameters") or {}
     own_hparams = getattr(model, "hparams", {})

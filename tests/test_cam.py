@@ -20,6 +20,7 @@ from callbacks.cam import GradCAMCallback, compute_grad_cam, default_target_laye
 from callbacks.overlay import cam_overlay, depth_profile_chart, outline, write_png
 from datamodules.ink_datamodule import InkDataModule
 from datamodules.synthetic import make_demo_data
+from utils.checkpoints import load_checkpoint
 
 DEPTH, TILE = 8, 32
 
@@ -186,16 +187,14 @@ def test_resumed_run_reuses_checkpointed_tiles(tmp_path: Path, demo_dir: Path) -
     fit.fit(model, datamodule=datamodule(demo_dir))
     ckpt = tmp_path / "last.ckpt"
     fit.save_checkpoint(ckpt)
-    assert torch.equal(
-        torch.load(ckpt, weights_only=False)["callbacks"][first.state_key]["tiles"]["yx"], first.tiles["yx"]
-    )
+    assert torch.equal(load_checkpoint(ckpt)["callbacks"][first.state_key]["tiles"]["yx"], first.tiles["yx"])
     torch.save(first.state_dict(), tmp_path / "state.pt")  # the callback's own state loads safely
     assert torch.load(tmp_path / "state.pt", weights_only=True)["tiles"]["fragment"] == first.tiles["fragment"]
 
     resumed = RecordingCAM(num_tiles=2)
     fit2 = trainer(tmp_path / "b", [resumed], max_epochs=2, precision="bf16-mixed")  # CAM runs without autocast
-    # weights_only=False: InkDataModule's hyperparameters hold an AugmentConfig, which the safe loader rejects.
-    fit2.fit(ToyModule(tiny_net3d()), datamodule=datamodule(demo_dir), ckpt_path=ckpt, weights_only=False)
+    # Lightning's own load is weights-only too; InkDataModule's AugmentConfig hyperparameter is on the allow-list.
+    fit2.fit(ToyModule(tiny_net3d()), datamodule=datamodule(demo_dir), ckpt_path=ckpt)
     assert resumed.selections == 0
     assert [e for _, e, *_ in resumed.runs] == [1]
     assert torch.equal(resumed.runs[0][2], first.tiles["yx"])

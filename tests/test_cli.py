@@ -29,6 +29,7 @@ from datamodules.synthetic import make_demo_data
 from lightning_app.checkpoint_io import AtomicCheckpointIO
 from lightning_app.cli import InkCLI, cli_main, expand_shorthands
 from modules.ink_module import InkModule
+from utils.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 8
@@ -188,8 +189,8 @@ def test_fit_saves_last_and_best_checkpoint(trained: TrainedRun) -> None:
     val_f05 = scalars(trained.log_dir)["val/f05"]
     assert len(val_f05) == 2
     assert float(checkpoint.best_model_score) == pytest.approx(max(val_f05), abs=1e-6)
-    best = torch.load(trained.best, map_location="cpu", weights_only=False)
-    last = torch.load(trained.last, map_location="cpu", weights_only=False)
+    best = load_checkpoint(trained.best)
+    last = load_checkpoint(trained.last)
     assert last["global_step"] == 2 * STEPS_PER_EPOCH and last["epoch"] == 1
     assert best["hyper_parameters"]["encoder"] == "tiny3d"
     assert best["hyper_parameters"]["num_slices"] == 12  # linked from the data module's z range
@@ -428,7 +429,7 @@ def test_last_checkpoint_holds_the_latest_epoch_when_no_best_is_saved(data_dir: 
     cli = cli_main(["fit", "--config", str(config), "--checkpoint.every_n_epochs", "2", "--test_after_fit", "false"])
     folder = Path(cli.trainer.checkpoint_callback.dirpath)
     assert sorted(p.name for p in folder.iterdir())[0].startswith("epoch001-")
-    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    last = load_checkpoint(folder / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 3 * STEPS_PER_EPOCH)
 
 

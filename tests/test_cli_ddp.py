@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.test_cli import BATCH_SIZE, REPO, SAMPLES_PER_EPOCH, make_data, write_config
+from utils.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ddp_fit_trains_checkpoints_and_tests(ddp_fit: Path) -> None:
     checkpoints = sorted(p.name for p in (ddp_fit / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints, checkpoints
-    last = torch.load(ddp_fit / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = load_checkpoint(ddp_fit / "checkpoints" / "last.ckpt")
     # Each rank draws its share of samples_per_epoch, so an epoch is half as many steps.
     steps_per_epoch = SAMPLES_PER_EPOCH // WORLD_SIZE // BATCH_SIZE
     assert (last["epoch"], last["global_step"]) == (1, 2 * steps_per_epoch)

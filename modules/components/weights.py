@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from utils.checkpoints import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 # Lightning checkpoints and common training scripts wrap the weights in one of these keys.
@@ -41,10 +43,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         obj: object = load_file(str(path))
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for corrupt or non-tensor pickles
-            raise ValueError(f"pretrained_path {path}: cannot be read as a PyTorch weights file ({err})") from err
+        # Weights-only with the project's allow-list; a file holding code is refused with UnsafeCheckpointError.
+        obj = load_checkpoint(path, what="pretrained_path")
     for key in _CONTAINER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -92,6 +92,7 @@ def load_local_weights(model: nn.Module, path: str | Path, what: str = "encoder"
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a state dict, or none of its tensors fits the model.
+        utils.checkpoints.UnsafeCheckpointError: the file holds objects other than data (nothing of it is run).
     """
     path = Path(path)
     if not path.is_file():

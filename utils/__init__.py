@@ -1,0 +1,1 @@
+"""Small helpers several folders share; no Lightning imports here."""
