@@ -123,12 +123,40 @@ def inspect_slice(path: Path) -> SliceInfo:
     return SliceInfo(path=path, shape=shape, dtype=dtype, mappable=bool(mappable))
 
 
-def read_binary_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+def read_binary_png(path: Path, shape: tuple[int, int], what: str, *, unknown: int | None = None) -> np.ndarray:
     """Reads a mask or label PNG as a bool array, accepting 0/255 or 0/1 values.
+
+    Args:
+        path: the PNG.
+        shape: the volume's ``(H, W)``.
+        what: what the file is, for error messages.
+        unknown: a value also accepted, meaning "unknown" (labels: 127); such pixels read as False.
 
     Raises:
         ValueError: unreadable file, size other than ``shape`` or values that are not binary.
     """
+    array = _read_png(path, shape, what)
+    if array.dtype == bool:
+        return array
+    values = set(np.unique(array).tolist())
+    allowed = ({0, 255}, {0, 1}) if unknown is None else ({0, 255, unknown}, {0, 1, unknown})
+    if not any(values <= ok for ok in allowed):
+        shown = sorted(values)[:8]
+        extra = "" if unknown is None else f", with {unknown} for unknown"
+        raise ValueError(f"{what} '{path}' is not binary: values {shown}; expected 0/255 or 0/1{extra}")
+    return (array > 0) & (array != unknown) if unknown is not None else array > 0
+
+
+def read_unknown_labels(path: Path, shape: tuple[int, int], value: int = 127) -> np.ndarray | None:
+    """Pixels of a label PNG marked unknown (``value``), or None when there are none."""
+    array = _read_png(path, shape, "ink labels")
+    if array.dtype == bool:
+        return None
+    unknown = array == value
+    return unknown if unknown.any() else None
+
+
+def _read_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
     try:
         with Image.open(path) as img:
@@ -144,13 +172,7 @@ def read_binary_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray
             f"{what} '{path}' is {array.shape[1]}x{array.shape[0]} (W x H) but the volume's slices are "
             f"{shape[1]}x{shape[0]}"
         )
-    if array.dtype == bool:
-        return array
-    values = np.unique(array)
-    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
-        shown = values[:8].tolist()
-        raise ValueError(f"{what} '{path}' is not binary: values {shown}; expected 0/255 or 0/1")
-    return array > 0
+    return array
 
 
 class Fragment:
@@ -209,6 +231,8 @@ class Fragment:
         self.reverse_depth = reverse_depth
         self.cache_dir = Path(cache_dir) / self.id if cache_dir is not None else self.path / ".ink_cache"
         self._maps: dict[object, np.ndarray] = {}
+        # (lo, hi) raw values mapped to 0 and 1 by the model's input normalisation; None: the dtype's range.
+        self.intensity: tuple[float, float] | None = None
 
         # Mask and labels are converted once to .npy caches and memory-mapped like the slices: a real
         # fragment's 2-D maps are 141 MB each, which would otherwise sit in every worker's memory.
@@ -221,6 +245,7 @@ class Fragment:
             raise FileNotFoundError(f"fragment '{self.id}' has no ink labels: '{label_path}' is missing")
         else:
             self._labels_file = None
+        self._ignore_file = self._ignore_cache(label_path, self.path / "ignore.png")
 
     @property
     def mask(self) -> np.ndarray:
@@ -234,6 +259,39 @@ class Fragment:
         """Ink labels, bool ``[H, W]`` (memory-mapped), or None when the fragment has no inklabels.png."""
         return None if self._labels_file is None else self._open_npy(self._labels_file)
 
+    @property
+    def ignore(self) -> np.ndarray | None:
+        """Pixels left out of the loss and the metric, bool ``[H, W]`` (memory-mapped), or None.
+
+        The union of ``ignore.png`` (0/255) and the label pixels valued 127 ("unknown"): real labels are drawn
+        loosely, and uncertain regions are better left unscored than counted as ink or as papyrus.
+        """
+        return None if self._ignore_file is None else self._open_npy(self._ignore_file)
+
+    def _ignore_cache(self, label_path: Path, ignore_path: Path) -> Path | None:
+        sources = [p for p in (label_path, ignore_path) if p.exists()]
+        if not sources:
+            return None
+        stamp = "-".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in sources)
+        target = self.cache_dir / f"ignore.{stamp}.npy"
+        none_marker = self.cache_dir / f"ignore.{stamp}.none"
+        if none_marker.exists():
+            return None
+        if not target.exists():
+            shape = (self.height, self.width)
+            ignore = read_unknown_labels(label_path, shape) if label_path.exists() else None
+            if ignore_path.exists():
+                extra = read_binary_png(ignore_path, shape, "ignore mask")
+                ignore = extra if ignore is None else ignore | extra
+            if ignore is None or not ignore.any():
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                for old in self.cache_dir.glob("ignore.*"):
+                    old.unlink(missing_ok=True)
+                none_marker.touch()
+                return None
+            _save_atomically(target, ignore, stale="ignore.*")
+        return target
+
     def _open_npy(self, path: Path) -> np.ndarray:
         cached = self._maps.get(path)
         if cached is None:
@@ -245,7 +303,8 @@ class Fragment:
         stat = png.stat()
         target = self.cache_dir / f"{png.stem}.{stat.st_size}-{stat.st_mtime_ns}.npy"
         if not target.exists():
-            array = read_binary_png(png, (self.height, self.width), what)
+            unknown = 127 if png.name == "inklabels.png" else None
+            array = read_binary_png(png, (self.height, self.width), what, unknown=unknown)
             _save_atomically(target, array, stale=f"{png.stem}.*.npy")
         return target
 
@@ -278,6 +337,12 @@ class Fragment:
                 raise ValueError(f"cannot map slice '{info.path}': {err}") from err
             self._maps[index] = cached
         return cached
+
+    def plane(self, z: int) -> np.ndarray:
+        """Slice ``z`` (depth order after ``reverse_depth``) as a read-only ``[H, W]`` memory map."""
+        if not 0 <= z < self.depth:
+            raise ValueError(f"slice {z} outside fragment '{self.id}' (0..{self.depth - 1})")
+        return self._map(z)
 
     def cache_path(self, info: SliceInfo) -> Path:
         """Where the uncompressed copy of a non-mappable slice lives (name tied to the source's size and mtime)."""

@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
+from datamodules.intensity import check_normalization, intensity_range
 from datamodules.synthetic import make_demo_data
 from datamodules.tile_dataset import BalancedTileSampler, ShardedEvalSampler, TileDataset, check_ink_ratio
 from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
@@ -52,6 +53,9 @@ class InkDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         augment: training augmentation settings.
         cache_dir: where compressed or tiled slices are converted to; default ``<fragment>/.ink_cache``.
+        normalization: ``fragment``: each fragment's ``intensity_percentiles`` inside the mask and slice window
+            map to 0 and 1 (computed once, cached; scans differ in brightness); ``dtype``: divide by 65535 / 255.
+        intensity_percentiles: the low and high percentiles of ``fragment`` normalisation.
         demo: make synthetic demo fragments in ``data_dir`` if it holds none.
         demo_size: height and width of each demo fragment.
         demo_fragments: number of demo fragments.
@@ -87,6 +91,8 @@ class InkDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - a frozen default, copied below
         cache_dir: str | None = None,
+        normalization: str = "fragment",
+        intensity_percentiles: tuple[float, float] = (0.5, 99.5),
         demo: bool = False,
         demo_size: int = 384,
         demo_fragments: int = 2,
@@ -100,6 +106,7 @@ class InkDataModule(pl.LightningDataModule):
         if not 0.0 <= min_valid_fraction <= 1.0:
             raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
         check_ink_ratio(ink_ratio)
+        check_normalization(normalization, *intensity_percentiles)
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers}: must be >= 0")
         self.stride = stride or max(1, tile_size // 2)
@@ -163,6 +170,11 @@ class InkDataModule(pl.LightningDataModule):
                 raise ValueError(
                     f"fragment '{fragment.id}' is {fragment.height}x{fragment.width}, smaller than one tile "
                     f"(tile_size={hp.tile_size})"
+                )
+            if hp.normalization == "fragment":
+                margin = self.augment.depth_shift if self.augment.enabled else 0
+                fragment.intensity = intensity_range(
+                    fragment, hp.z_start - margin, hp.z_end + margin, *hp.intensity_percentiles
                 )
         return fragments
 

@@ -21,8 +21,10 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tifffile
 from PIL import Image
@@ -53,7 +55,41 @@ _PNG_NAMES = ("ir.png", "inklabels.png", "mask.png")  # written in this order, a
 _TEMP_SUFFIX = ".partial"
 
 # Separate random streams per component, so that e.g. the mask does not change when the ink does.
-_STREAM_SURFACE, _STREAM_FIBRES, _STREAM_MASK, _STREAM_INK, _STREAM_NOISE = range(1, 6)
+_STREAM_SURFACE, _STREAM_FIBRES, _STREAM_MASK, _STREAM_INK, _STREAM_NOISE, _STREAM_REALISM = range(1, 7)
+
+
+@dataclass(frozen=True)
+class Realism:
+    """What makes real ink hard, each off by default (the clean demo) and each a knob.
+
+    Attributes:
+        ink_presence: fraction of each labelled stroke's pixels that carry ink, in (0, 1]; the rest of the
+            stroke is bare papyrus in blobs a few stroke widths long (real ink is patchy).
+        label_dilation: labels are the strokes grown by this many pixels (real labels are drawn loosely).
+        thickness_variation: the sheet's thickness varies by up to this fraction around its mean, in [0, 0.9].
+        ink_displacement: ink lifts the papyrus surface by this many slices (ink has a thickness of its own).
+    """
+
+    ink_presence: float = 1.0
+    label_dilation: int = 0
+    thickness_variation: float = 0.0
+    ink_displacement: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ink_presence <= 1.0:
+            raise ValueError(f"Realism.ink_presence must be in (0, 1], got {self.ink_presence!r}")
+        if isinstance(self.label_dilation, bool) or not isinstance(self.label_dilation, int) or self.label_dilation < 0:
+            raise ValueError(f"Realism.label_dilation must be an integer >= 0, got {self.label_dilation!r}")
+        if not 0.0 <= self.thickness_variation <= 0.9:
+            raise ValueError(f"Realism.thickness_variation must be in [0, 0.9], got {self.thickness_variation!r}")
+        if not 0.0 <= self.ink_displacement <= 3.0:
+            raise ValueError(f"Realism.ink_displacement must be in [0, 3] slices, got {self.ink_displacement!r}")
+
+
+# The regime real fragments are in: ink at 0.7x the per-voxel noise, present in three quarters of each stroke,
+# labels a pixel wider than the ink, a sheet whose thickness varies by 40 %, ink lifting the surface half a slice.
+FAINT_INK_CONTRAST = 0.7 * _NOISE_SIGMA
+FAINT_REALISM = Realism(ink_presence=0.75, label_dilation=1, thickness_variation=0.4, ink_displacement=0.5)
 
 
 def slice_name(index: int, depth: int) -> str:
@@ -77,6 +113,7 @@ def make_fragment(
     with_mask: bool = True,
     surface_z: float | None = None,
     ink_contrast: float = _INK_CONTRAST,
+    realism: Realism | None = None,
 ) -> Path:
     """Writes one synthetic fragment folder at ``root`` (``root`` IS the fragment folder) and returns it.
 
@@ -101,6 +138,8 @@ def make_fragment(
         surface_z: mean surface depth in slices; default 30 for 65 slices, scaled with ``depth``.
         ink_contrast: ink's brightness at its peak, as a fraction of the dtype's range (default 0.022: equal
             to the per-pixel noise; the demo uses more so a CPU run learns within minutes).
+        realism: patchy ink, loose labels, varying sheet thickness, ink that displaces the surface (see
+            `Realism`); None: none of these (clean strokes, exact labels, a sheet of constant thickness).
 
     Returns:
         The fragment folder.
@@ -126,7 +165,9 @@ def make_fragment(
         (root / name).unlink(missing_ok=True)
     _remove_stale(volume_dir, depth)
 
-    zs, amplitude, ink, mask = _build_fields(height, width, depth, seed, surface_z, with_mask)
+    realism = realism or Realism()
+    zs, amplitude, strokes, mask = _build_fields(height, width, depth, seed, surface_z, with_mask)
+    ink, labels, thickness = _apply_realism(realism, strokes, mask, zs, depth, seed)
     scale = float(np.iinfo(np.dtype(dtype)).max)
     profile = _DepthProfiles(depth, scale, ink_contrast)
     slice_buf = np.empty((height, width), dtype=dtype)
@@ -136,14 +177,15 @@ def make_fragment(
             noise = np.random.default_rng([seed, _STREAM_NOISE, z, band]).standard_normal(
                 (y1 - y0, width), dtype=np.float32
             )
-            values = profile.slice_band(z, zs[y0:y1], amplitude[y0:y1], ink[y0:y1], noise)
+            band_thickness = None if thickness is None else thickness[y0:y1]
+            values = profile.slice_band(z, zs[y0:y1], amplitude[y0:y1], ink[y0:y1], noise, band_thickness)
             slice_buf[y0:y1] = np.clip(values, 0.0, scale, out=values)
         _write_tiff(volume_dir / slice_name(file_index, depth), slice_buf, compression, tiled)
     del slice_buf
 
     _write_png(root / "ir.png", _infrared(amplitude, ink, mask))
     if with_labels:
-        _write_png(root / "inklabels.png", (ink & mask).astype(np.uint8) * 255)
+        _write_png(root / "inklabels.png", (labels & mask).astype(np.uint8) * 255)
     if with_mask:
         _write_png(root / "mask.png", mask.astype(np.uint8) * 255)
     return root
@@ -158,6 +200,7 @@ def make_demo_data(
     depth: int = 65,
     seed: int = 0,
     ink_contrast: float = _INK_CONTRAST,
+    realism: Realism | None = None,
 ) -> list[Path]:
     """Writes fragments ``frag1``, ``frag2``, … under ``data_dir``, skipping those already complete.
 
@@ -173,6 +216,7 @@ def make_demo_data(
         depth: slices per fragment.
         seed: seed of the first fragment.
         ink_contrast: see `make_fragment`.
+        realism: see `make_fragment`.
 
     Returns:
         The fragment folders, in order.
@@ -189,7 +233,9 @@ def make_demo_data(
     for i in range(1, num_fragments + 1):
         path = data_dir / f"frag{i}"
         if not _is_complete(path, height, width, depth):
-            make_fragment(path, height, width, depth=depth, seed=seed + i - 1, ink_contrast=ink_contrast)
+            make_fragment(
+                path, height, width, depth=depth, seed=seed + i - 1, ink_contrast=ink_contrast, realism=realism
+            )
         paths.append(path)
     return paths
 
@@ -481,6 +527,40 @@ def _build_fields(
     return zs, amplitude, ink, mask
 
 
+def _apply_realism(
+    realism: Realism, strokes: np.ndarray, mask: np.ndarray, zs: np.ndarray, depth: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Ink that is actually there, the labels, and the sheet thickness map (None: constant).
+
+    Lifts the surface ``zs`` (in place) under the ink by ``ink_displacement`` slices.
+    """
+    rng = np.random.default_rng([seed, _STREAM_REALISM])
+    height, width = strokes.shape
+    ink = strokes & mask
+    if realism.ink_presence < 1.0 and ink.any():
+        step = 12.0  # patches of a few stroke widths
+        patches = np.concatenate(
+            [_SmoothField.random(rng, height, width, step, step).band(y0, y1) for y0, y1 in _bands(height)]
+        )
+        cut = np.quantile(patches[ink], realism.ink_presence)
+        ink &= patches <= cut
+    labels = strokes & mask
+    if realism.label_dilation > 0:
+        size = 2 * realism.label_dilation + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        labels = cv2.dilate(labels.astype(np.uint8), kernel).astype(bool) & mask
+    if realism.ink_displacement > 0:
+        zs -= np.float32(realism.ink_displacement) * ink
+    thickness = None
+    if realism.thickness_variation > 0:
+        mean = max(2.0, _SHEET_THICKNESS * depth / _REFERENCE_DEPTH)
+        field = _SmoothField.random(rng, height, width, max(16.0, height / 4), max(16.0, width / 4))
+        grid = field.grid / np.abs(field.grid).max()
+        field.grid = (mean * (1 + realism.thickness_variation * grid)).astype(np.float32)
+        thickness = np.concatenate([field.band(y0, y1) for y0, y1 in _bands(height)])
+    return ink, labels, thickness
+
+
 class _DepthProfiles:
     """Sheet and ink profiles over depth offset ``z - z_s``, tabulated so a slice costs a lookup.
 
@@ -493,16 +573,29 @@ class _DepthProfiles:
         self._low = -float(depth) - 2
         offsets = np.arange(self._low, depth + 2, 1 / _LUT_STEPS, dtype=np.float64)
         sigmoid = lambda t: 1 / (1 + np.exp(-t))  # noqa: E731
-        sheet = sigmoid(offsets / _EDGE_SOFTNESS) * sigmoid((thickness - offsets) / _EDGE_SOFTNESS)
+        front = sigmoid(offsets / _EDGE_SOFTNESS)
+        sheet = front * sigmoid((thickness - offsets) / _EDGE_SOFTNESS)
         self.sheet = (scale * sheet).astype(np.float32)  # times the sheet contrast map (in intensity units)
+        self.face = front.astype(np.float32)  # one face of the sheet, for a thickness that varies per pixel
         ink = ink_contrast * np.exp(-0.5 * ((offsets - _INK_OFFSET) / _INK_SPREAD) ** 2)
         self.ink = (scale * ink).astype(np.float32)
 
     def slice_band(
-        self, z: int, zs: np.ndarray, amplitude: np.ndarray, ink: np.ndarray, noise: np.ndarray
+        self,
+        z: int,
+        zs: np.ndarray,
+        amplitude: np.ndarray,
+        ink: np.ndarray,
+        noise: np.ndarray,
+        thickness: np.ndarray | None = None,
     ) -> np.ndarray:
         index = ((z - zs - self._low) * _LUT_STEPS + 0.5).astype(np.int32)
-        values = self.sheet[index] * amplitude
+        if thickness is None:
+            values = self.sheet[index] * amplitude
+        else:  # front face times back face: sigmoid(o / e) * sigmoid((t - o) / e)
+            back = ((thickness - (z - zs) - self._low) * _LUT_STEPS + 0.5).astype(np.int32)
+            np.clip(back, 0, len(self.face) - 1, out=back)
+            values = self.face[index] * self.face[back] * (self._scale * amplitude.astype(np.float32))
         values += self.ink[index] * ink
         noise *= _NOISE_SIGMA * self._scale
         values += noise

@@ -68,11 +68,14 @@ class TileDataset(Dataset):
         z1 = min(fragment.depth, fragment.z_end + self.depth_margin)
         image = fragment.read(z0, z1, y, x, size, size)
         valid = fragment.mask[y : y + size, x : x + size].astype(np.float32)
+        ignore = fragment.ignore
+        if ignore is not None:  # unknown pixels count neither in the loss nor in the metric
+            valid[ignore[y : y + size, x : x + size]] = 0.0
         if fragment.labels is not None:
             label = fragment.labels[y : y + size, x : x + size].astype(np.float32)
         else:
             label = np.zeros((size, size), dtype=np.float32)
-        image, label, valid = self.transform(image, label, valid, rng)
+        image, label, valid = self.transform(image, label, valid, rng, fragment.intensity)
         item: dict[str, object] = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "valid": torch.from_numpy(np.ascontiguousarray(valid))[None],

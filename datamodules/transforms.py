@@ -140,11 +140,13 @@ def _check_range(
         raise ValueError(f"AugmentConfig.{name} must be in {interval}, got {value}")
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
+def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Convert raw intensities to float32 in [0, 1].
 
     Args:
         image: Array of any shape; uint16 is divided by 65535, uint8 by 255, floats pass through as float32.
+        intensity: ``(lo, hi)`` raw values mapped to 0 and 1 instead (the fragment's robust percentiles, see
+            `datamodules.intensity`); values beyond are clipped.
 
     Returns:
         float32 array of the same shape (a new array unless the input already was float32).
@@ -152,6 +154,12 @@ def normalise(image: np.ndarray) -> np.ndarray:
     Raises:
         TypeError: For any other dtype, naming it.
     """
+    if intensity is not None:
+        lo, hi = intensity
+        out = image.astype(np.float32)
+        out -= np.float32(lo)
+        out *= np.float32(1.0 / (hi - lo))
+        return np.clip(out, 0.0, 1.0, out=out)
     # Division (not multiplication by a reciprocal) keeps the result exactly source / 65535 rounded once.
     if image.dtype == np.uint16:
         return image.astype(np.float32) / np.float32(65535.0)
@@ -263,7 +271,12 @@ class TileTransform:
         return f"TileTransform(num_slices={self.num_slices}, train={self.train}, augment={self.augment})"
 
     def __call__(
-        self, image: np.ndarray, label: np.ndarray, valid: np.ndarray, rng: np.random.Generator
+        self,
+        image: np.ndarray,
+        label: np.ndarray,
+        valid: np.ndarray,
+        rng: np.random.Generator,
+        intensity: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Transform one tile.
 
@@ -273,6 +286,7 @@ class TileTransform:
             label: ``[H, W]`` ink, 0/1.
             valid: ``[H, W]`` 1 where the pixel counts, 0/1.
             rng: Source of all randomness, so the same generator state gives the same output in any worker.
+            intensity: The fragment's ``(lo, hi)`` normalisation range (see `normalise`); None: the dtype's.
 
         Returns:
             ``(image [H, W, num_slices], label [H, W], valid [H, W])``, float32 and C-contiguous.
@@ -298,12 +312,12 @@ class TileTransform:
         if not self.augment:
             window = image[:, :, centre : centre + self.num_slices]
             return (
-                np.ascontiguousarray(normalise(window)),
+                np.ascontiguousarray(normalise(window, intensity)),
                 np.ascontiguousarray(label, dtype=np.float32),
                 np.ascontiguousarray(valid, dtype=np.float32),
             )
         assert self.config is not None and self._pipeline is not None
-        return self._augment(image, label, valid, rng, margin, centre)
+        return self._augment(image, label, valid, rng, margin, centre, intensity)
 
     def _augment(
         self,
@@ -313,6 +327,7 @@ class TileTransform:
         rng: np.random.Generator,
         margin: int,
         centre: int,
+        intensity: tuple[float, float] | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         config = self.config
         assert config is not None and self._pipeline is not None
@@ -325,7 +340,7 @@ class TileTransform:
         low = max(0, centre - config.depth_shift)
         high = min(margin, centre + config.depth_shift)
         offset = int(rng.integers(low, high + 1))
-        window = np.ascontiguousarray(normalise(image[:, :, offset : offset + self.num_slices]))
+        window = np.ascontiguousarray(normalise(image[:, :, offset : offset + self.num_slices], intensity))
         if np.may_share_memory(window, image):
             # float32 input with no margin comes back as the caller's array; slice dropout writes in place.
             window = window.copy()

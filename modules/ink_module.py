@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.strategies import DDPStrategy
 from torch import Tensor
@@ -18,7 +19,7 @@ from modules.components.ink_net import build_net
 from modules.losses import InkLoss, check_finite
 from modules.metrics import fragment_scores, overall_scores
 from modules.param_groups import build_param_groups
-from modules.schedulers import build_warmup_cosine
+from modules.schedulers import build_budget_cosine, build_warmup_cosine
 from modules.stitching import FragmentStitcher, tta_predict, window_weights
 
 # Lightning's stage names, as passed to `InkDataModule.fragment_shapes`, keyed by metric prefix.
@@ -150,6 +151,8 @@ class InkModule(pl.LightningModule):
         self.last_eval_maps: dict[str, dict[str, np.ndarray]] = {}
         self.last_eval_stage: str | None = None
         self.last_eval_scores: dict[str, float] = {}
+        # The best-F0.5 threshold of the latest validation; test also reports F0.5 at it (never tuned on test).
+        self.val_threshold: float | None = None
 
     # ------------------------------------------------------------------------------------------ model
 
@@ -194,16 +197,34 @@ class InkModule(pl.LightningModule):
                 config = {"scheduler": scheduler, "interval": "step"}
         else:
             total = self.trainer.estimated_stepping_batches
-            if not math.isfinite(total) or total < 1:
-                raise ValueError(
-                    f"the warm-up + cosine schedule needs a finite number of steps, got {total}: "
-                    "set trainer.max_epochs or trainer.max_steps"
+            budget = _time_budget(self.trainer)
+            if budget is not None:
+                # The run ends at max_time (or max_steps, whichever comes first): the schedule follows the budget.
+                steps = int(total) if math.isfinite(total) and total >= 1 else None
+                scheduler = build_budget_cosine(
+                    optimizer, lambda step: self._budget_progress(step, steps, budget), hp.warmup_fraction
                 )
-            config = {
-                "scheduler": build_warmup_cosine(optimizer, int(total), hp.warmup_fraction),
-                "interval": "step",
-            }
+            elif math.isfinite(total) and total >= 1:
+                scheduler = build_warmup_cosine(optimizer, int(total), hp.warmup_fraction)
+            else:
+                raise ValueError(
+                    f"the warm-up + cosine schedule needs a finite run, got {total} steps: "
+                    "set trainer.max_time, trainer.max_epochs or trainer.max_steps"
+                )
+            config = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": {**config, "frequency": 1, "name": "lr"}}
+
+    def _budget_progress(self, step: int, steps: int | None, budget: Timer) -> float:
+        """Share of the run done: the larger of steps taken / max_steps and time spent / max_time.
+
+        Under DDP the ranks agree on the slowest clock, so every rank applies the same learning rate.
+        """
+        progress = step / steps if steps else 0.0
+        elapsed = budget.time_elapsed("train") / float(budget._duration)
+        trainer = self._trainer
+        if trainer is not None and getattr(trainer, "world_size", 1) > 1:
+            elapsed = float(trainer.strategy.reduce(torch.tensor(elapsed, device=self.device), reduce_op="max"))
+        return min(1.0, max(progress, elapsed))
 
     # ------------------------------------------------------------------------------------------ freezing
 
@@ -305,16 +326,45 @@ class InkModule(pl.LightningModule):
         if not labelled:
             return
         threshold = self.hparams.threshold
-        scores = {f"{prefix}/{k}": v for k, v in overall_scores(list(labelled.values()), threshold).items()}
-        if prefix == "test":
-            for fid, maps in labelled.items():
-                scores[f"test/{fid}/f05"] = fragment_scores(maps["prob"], maps["label"], maps["valid"], threshold)[
-                    "f05"
-                ]
+        overall = overall_scores(list(labelled.values()), threshold)
+        if prefix == "val":
+            self.val_threshold = overall["threshold"]
+            scores = {f"val/{k}": v for k, v in overall.items()}
+        else:
+            scores = self._test_scores(overall, labelled, prefix)
         self.last_eval_scores = scores
         # Every rank holds the same reduced maps, hence the same scores; sync_dist only averages equal values.
         for name, value in scores.items():
             self.log(name, value, sync_dist=True, prog_bar=name == f"{prefix}/f05")
+
+    def _test_scores(
+        self, overall: dict[str, float], labelled: dict[str, dict[str, np.ndarray]], prefix: str
+    ) -> dict[str, float]:
+        """Test scores at the fixed threshold and at the one validation chose; a sweep on test is an oracle."""
+        threshold = self.hparams.threshold
+        scores = {
+            f"{prefix}/f05": overall["f05"],
+            f"{prefix}/ap": overall["ap"],
+            f"{prefix}/f05_oracle": overall["f05_best"],
+            f"{prefix}/threshold_oracle": overall["threshold"],
+        }
+        if self.val_threshold is not None:
+            maps = list(labelled.values())
+            scores[f"{prefix}/f05_val_threshold"] = overall_scores(maps, self.val_threshold)["f05"]
+            scores[f"{prefix}/val_threshold"] = self.val_threshold
+        for fid, maps in labelled.items():
+            scores[f"{prefix}/{fid}/f05"] = fragment_scores(maps["prob"], maps["label"], maps["valid"], threshold)["f05"]
+        return scores
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keeps the threshold chosen on validation with the weights it was chosen for."""
+        if self.val_threshold is not None:
+            checkpoint["val_threshold"] = float(self.val_threshold)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores the validation-chosen threshold (absent in checkpoints saved before any validation)."""
+        value = checkpoint.get("val_threshold")
+        self.val_threshold = float(value) if value is not None else None
 
     def on_validation_epoch_start(self) -> None:
         """Allocates the validation stitcher."""
@@ -352,3 +402,11 @@ class InkModule(pl.LightningModule):
     def on_predict_epoch_end(self) -> None:
         """Reduces the stitched prediction maps into `last_eval_maps`."""
         self._finish_eval("predict")
+
+
+def _time_budget(trainer: pl.Trainer) -> Timer | None:
+    """The Trainer's ``max_time`` timer, if the run has a time budget."""
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if isinstance(callback, Timer) and callback._duration is not None:
+            return callback
+    return None

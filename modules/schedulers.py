@@ -43,3 +43,31 @@ def build_warmup_cosine(
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     warmup_steps = int(round(warmup_fraction * total_steps))
     return LambdaLR(optimizer, warmup_cosine_factor(total_steps, warmup_steps, min_lr_ratio))
+
+
+def progress_factor(progress: float, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0) -> float:
+    """The warm-up + cosine factor at `progress` in [0, 1] of the run (a time budget, or steps).
+
+    Linear from 1 % of the peak to the peak over the first `warmup_fraction`, then cosine down to `min_lr_ratio`.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup_fraction:
+        return max(progress / warmup_fraction, 0.01)
+    rest = (progress - warmup_fraction) / max(1.0 - warmup_fraction, 1e-12)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+def build_budget_cosine(
+    optimizer: Optimizer, progress: Callable[[int], float], warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0
+) -> LambdaLR:
+    """Warm-up + cosine over a run whose length is a budget (``trainer.max_time``) rather than a step count.
+
+    Args:
+        optimizer: the optimizer (its groups' ``lr`` are the peak rates).
+        progress: the share of the run done after a given optimizer step, in [0, 1].
+        warmup_fraction: share of the run spent warming up, in [0, 1).
+        min_lr_ratio: final lr as a fraction of the peak, in [0, 1].
+    """
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    return LambdaLR(optimizer, lambda step: progress_factor(progress(step), warmup_fraction, min_lr_ratio))

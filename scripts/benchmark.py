@@ -12,6 +12,8 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --data                      # 1024^2 vs 8192^2, 30 slices, 200 batches
     python scripts/benchmark.py --data --large 4096 --batches 50
     python scripts/benchmark.py --models                    # params and CPU step time of each encoder, tile 64/256
+    python scripts/benchmark.py --quality                   # default recipe vs the plain baseline loop, held-out
+    python scripts/benchmark.py --quality --seeds 0 --budget 120 --project-args --model.lr 0.001
 """
 
 from __future__ import annotations
@@ -205,6 +207,27 @@ def data_benchmark(args: argparse.Namespace) -> dict:
     return results
 
 
+def quality_benchmark(args: argparse.Namespace) -> list[dict]:
+    """Default recipe vs the plain loop, same fragments and budget, over seeds; prints a markdown table."""
+    from benchmarks import quality
+
+    work = Path(args.work_dir)
+    data = quality.ensure_heldout(work, args.size, args.ink_to_noise)
+    rows: list[dict] = [{"kind": "predict ink everywhere", **quality.all_ink_scores(data)}]
+    for seed in args.seeds:
+        for kind in args.sides:
+            out = work / "quality_runs" / f"{kind}_seed{seed}"
+            result = quality.run_in_process(kind, data, seed, args.budget, out, list(args.project_args))
+            rows.append({"kind": kind, "seed": seed, **result})
+            print(f"  {kind} seed {seed}: {json.dumps(result)}", flush=True)
+    print(
+        f"\nQuality on held-out fragments ({args.size}^2, ink {args.ink_to_noise:g}x noise; train {quality.TRAIN}, "
+        f"threshold on {quality.VAL}, test {quality.TEST}; {args.budget:.0f} s of training each)"
+    )
+    print(quality.summarise(rows))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", action="store_true", help="run the data-loading benchmark")
@@ -218,6 +241,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile", type=int, default=256, help="tile size")
     parser.add_argument("--batch", type=int, default=8, help="batch size")
     parser.add_argument("--batches", type=int, default=200, help="batches to iterate")
+    parser.add_argument(
+        "--quality", action="store_true", help="default recipe vs the plain baseline loop on held-out fragments"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="quality: training seeds")
+    parser.add_argument("--budget", type=float, default=480.0, help="quality: training seconds per run (8 min)")
+    parser.add_argument("--size", type=int, default=768, help="quality: held-out fragment edge (px)")
+    parser.add_argument("--ink-to-noise", type=float, default=0.7, help="quality: held-out ink contrast / noise")
+    parser.add_argument(
+        "--sides", nargs="+", default=["baseline", "project"], help="quality: which of baseline, project to run"
+    )
+    parser.add_argument(
+        "--project-args", nargs=argparse.REMAINDER, default=[], help="quality: extra fit.py arguments (last)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -241,8 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     results: dict[str, object] = {}
-    if not (args.data or args.models):
-        parser.error("choose a benchmark: --data and/or --models")
+    if not (args.data or args.models or args.quality):
+        parser.error("choose a benchmark: --data, --models and/or --quality")
+    if args.quality:
+        results["quality"] = quality_benchmark(args)
     if args.data:
         results["data"] = data_benchmark(args)
     if args.models:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.synthetic import make_demo_data, make_fragment  # noqa: E402
+from datamodules.synthetic import FAINT_INK_CONTRAST, FAINT_REALISM, make_demo_data, make_fragment  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="name of the slice folder (scroll segments use 'layers')",
     )
     parser.add_argument("--no-labels", action="store_true", help="do not write inklabels.png (as for prediction)")
+    parser.add_argument(
+        "--faint",
+        action="store_true",
+        help="the realistic regime: ink at 0.7x the noise, patchy, loosely labelled, sheet thickness varying",
+    )
     return parser
 
 
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         and args.layers_dirname == "surface_volume"
         and not args.no_labels
     )
+    extra = {"ink_contrast": FAINT_INK_CONTRAST, "realism": FAINT_REALISM} if args.faint else {}
     start = time.perf_counter()
     try:
         if plain:
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 width=args.width,
                 depth=args.depth,
                 seed=args.seed,
+                **extra,
             )
         else:
             paths = [
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     tiled=args.tiled,
                     reverse_depth=args.reverse_depth,
                     with_labels=not args.no_labels,
+                    **extra,
                 )
                 for i in range(1, args.num_fragments + 1)
             ]

@@ -53,8 +53,9 @@ def _dm(data_dir: Path, **overrides) -> InkDataModule:
     return InkDataModule(**settings)
 
 
-def test_batches_have_the_documented_keys_shapes_and_values(data_dir):
-    dm = _dm(data_dir)
+@pytest.mark.parametrize("normalization", ["fragment", "dtype"])
+def test_batches_have_the_documented_keys_shapes_and_values(data_dir, normalization):
+    dm = _dm(data_dir, normalization=normalization)
     assert dm.num_slices == 6
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -66,8 +67,16 @@ def test_batches_have_the_documented_keys_shapes_and_values(data_dir):
     for i in range(4):
         name, (y, x) = batch["fragment"][i], batch["yx"][i].tolist()
         volume, mask, labels = _arrays(name)
-        expected = volume[2:8, y : y + 16, x : x + 16].astype(np.float32) / 65535
-        np.testing.assert_allclose(batch["image"][i].numpy(), expected, rtol=1e-6)
+        window = volume[2:8, y : y + 16, x : x + 16].astype(np.float32)
+        if normalization == "dtype":
+            expected = window / 65535
+        else:  # the fragment's robust percentiles inside the mask map to 0 and 1
+            lo, hi = next(f for f in dm.fragments("train") if f.id == name).intensity
+            inside = volume[2:8][:, mask]
+            assert lo == pytest.approx(np.percentile(inside, 0.5), rel=0.02)
+            assert hi == pytest.approx(np.percentile(inside, 99.5), rel=0.02)
+            expected = np.clip((window - lo) / (hi - lo), 0, 1)
+        np.testing.assert_allclose(batch["image"][i].numpy(), expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(batch["label"][i, 0].numpy(), labels[y : y + 16, x : x + 16])
         np.testing.assert_array_equal(batch["valid"][i, 0].numpy(), mask[y : y + 16, x : x + 16])
 

@@ -138,9 +138,33 @@ def test_lightning_cli_injects_the_optimizer_class(monkeypatch: pytest.MonkeyPat
 
 def test_missing_finite_step_count_is_a_clear_error() -> None:
     module = InkModule(**TINY)
-    module.trainer = SimpleNamespace(estimated_stepping_batches=float("inf"))
-    with pytest.raises(ValueError, match="max_epochs or trainer.max_steps"):
+    module.trainer = SimpleNamespace(estimated_stepping_batches=float("inf"), callbacks=[])
+    with pytest.raises(ValueError, match="max_time, trainer.max_epochs or trainer.max_steps"):
         module.configure_optimizers()
+
+
+def test_a_time_budget_drives_warmup_and_cosine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With max_time and no step count, the schedule follows the share of the budget spent."""
+    from pytorch_lightning.callbacks import Timer
+
+    timer = Timer(duration="00:00:01:40")  # 100 s
+    clock = {"elapsed": 0.0}
+    monkeypatch.setattr(timer, "time_elapsed", lambda stage="train": clock["elapsed"])
+    module = InkModule(**TINY, lr=1e-2, warmup_fraction=0.1)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=float("inf"), callbacks=[timer], world_size=1)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    head = next(g for g in optimizer.param_groups if g["name"] == "head")
+    seen = {}
+    for elapsed in (0.0, 5.0, 10.0, 55.0, 99.0, 150.0):
+        clock["elapsed"] = elapsed
+        optimizer.step()
+        scheduler.step()
+        seen[elapsed] = head["lr"]
+    assert seen[5.0] == pytest.approx(5e-3)  # half-way through the warm-up
+    assert seen[10.0] == pytest.approx(1e-2)  # the peak at the end of the warm-up
+    assert seen[55.0] == pytest.approx(5e-3, rel=1e-3)  # half-way down the cosine
+    assert seen[99.0] < 1e-4 and seen[150.0] == 0.0
 
 
 def test_nan_loss_raises_naming_the_step() -> None:
@@ -209,9 +233,14 @@ def test_fit_test_predict_score_whole_fragments_and_freeze_the_encoder_first() -
     assert np.array_equal(maps["valid"], expected_valid)
     assert set(np.unique(maps["label"])) <= {0, 1}
 
+    val_threshold = float(metrics["val/threshold"])
+    assert module.val_threshold == pytest.approx(val_threshold)
     trainer.test(module, datamodule=data)
-    for name in ("test/f05", "test/f05_best", "test/threshold", "test/ap", "test/frag_a/f05", "test/frag_b/f05"):
+    for name in ("test/f05", "test/f05_oracle", "test/threshold_oracle", "test/ap", "test/frag_a/f05", "test/frag_b/f05"):
         assert name in trainer.callback_metrics, name
+    # Test is scored at the threshold validation chose, never at one tuned on test.
+    assert float(trainer.callback_metrics["test/val_threshold"]) == pytest.approx(val_threshold)
+    assert "test/f05_val_threshold" in trainer.callback_metrics and "test/f05_best" not in trainer.callback_metrics
     assert module.last_eval_stage == "test"
 
     predictions = trainer.predict(module, datamodule=data)

@@ -309,3 +309,57 @@ def test_cli_writes_fragments_with_the_requested_options(tmp_path: Path, capsys:
         main(["--help"])
     assert info.value.code == 0
     assert "--reverse-depth" in capsys.readouterr().out
+
+
+def test_realism_knobs_patchy_ink_loose_labels_varying_thickness(tmp_path: Path) -> None:
+    """Each knob does what it says: the clean fragment and the realistic one share strokes, mask and noise."""
+    from datamodules.synthetic import FAINT_REALISM, Realism
+
+    size, seed = 192, 5
+    clean = make_fragment(tmp_path / "clean", size, size, seed=seed)
+    real = make_fragment(tmp_path / "real", size, size, seed=seed, realism=FAINT_REALISM)
+    mask = _png(clean / "mask.png") > 0
+    np.testing.assert_array_equal(mask, _png(real / "mask.png") > 0)
+    strokes = _png(clean / "inklabels.png") > 0
+    loose = _png(real / "inklabels.png") > 0
+    assert (loose | ~strokes).all()  # labels cover every stroke pixel ...
+    assert 1.2 < loose.sum() / strokes.sum() < 3.0  # ... and a margin around it
+
+    # Patchy ink: the realistic volume differs from the clean one at the surface of only part of the strokes.
+    clean_volume, real_volume = _volume(clean).astype(np.float32), _volume(real).astype(np.float32)
+    zs = surface_depth(size, size, seed=seed)
+    rows, cols = np.indices(zs.shape)
+    surface = np.clip(np.round(zs + 0.5).astype(int), 0, 64)
+    at_surface = lambda v: v[surface, rows, cols]  # noqa: E731
+    inside = mask & strokes
+    assert (at_surface(real_volume) - at_surface(clean_volume))[inside].std() > 0
+
+    # Thickness varies: the sheet's back face moves while its front does not.
+    thick = make_fragment(tmp_path / "thick", size, size, seed=seed, realism=Realism(thickness_variation=0.6))
+    bright = (_volume(thick)[:, mask] > _volume(clean)[:, mask].mean(axis=0).min()).sum(axis=0)
+    plain_bright = (clean_volume[:, mask] > clean_volume[:, mask].mean(axis=0).min()).sum(axis=0)
+    assert bright.std() > plain_bright.std()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ink_presence": 0.0}, "ink_presence"),
+        ({"label_dilation": -1}, "label_dilation"),
+        ({"thickness_variation": 1.5}, "thickness_variation"),
+        ({"ink_displacement": 9.0}, "ink_displacement"),
+    ],
+)
+def test_realism_rejects_bad_knobs(kwargs: dict, match: str) -> None:
+    from datamodules.synthetic import Realism
+
+    with pytest.raises(ValueError, match=match):
+        Realism(**kwargs)
+
+
+def test_faint_regime_cli_and_ink_below_the_noise(tmp_path: Path) -> None:
+    from scripts.make_synthetic import main
+
+    (fragment,) = main(["--out", str(tmp_path), "--height", "160", "--width", "160", "--faint", "--seed", "2"])
+    assert best_single_slice_f05(fragment, (15, 45)) < 0.35
+    assert synthetic.FAINT_INK_CONTRAST < synthetic._NOISE_SIGMA
