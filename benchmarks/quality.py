@@ -146,9 +146,21 @@ def summarise(rows: list[dict[str, Any]]) -> str:
                 return "-"
             return f"{values.mean():.3f} ± {values.std():.3f}" if values.size > 1 else f"{values[0]:.3f}"
 
+        seeds = [r["seed"] for r in runs if "seed" in r]
+        label = f"{kind} ({len(seeds)} seed{'s' * (len(seeds) > 1)})" if seeds else kind
+        steps = stat("steps").replace(".000", "")
+        lines.append(f"| {label} | {stat('f05_val_threshold')} | {stat('f05_at_0.5')} | {stat('ap')} | {steps} |")
+    by_seed = {(r["kind"], r["seed"]): r for r in rows if "seed" in r}
+    paired = [
+        by_seed[("project", seed)]["f05_val_threshold"] - by_seed[("baseline", seed)]["f05_val_threshold"]
+        for kind, seed in by_seed
+        if kind == "project" and ("baseline", seed) in by_seed
+    ]
+    if paired:
+        diffs = np.array(paired, dtype=float)
         lines.append(
-            f"| {kind} ({len(runs)} seed{'s' * (len(runs) > 1)}) | {stat('f05_val_threshold')} | "
-            f"{stat('f05_at_0.5')} | {stat('ap')} | {stat('steps')} |"
+            f"\nproject - baseline, test F0.5 at the validation threshold, paired by seed: {diffs.mean():+.3f} "
+            f"(per seed {', '.join(f'{d:+.3f}' for d in diffs)})"
         )
     return "\n".join(lines)
 

@@ -40,12 +40,16 @@ class InkEMA(EMAWeightAveraging):
         )
         self.decay = decay
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         """Saves the averaged weights as ``state_dict`` while fitting; outside fit the model already holds them."""
         if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         """Restores the average when resuming a fit; testing or predicting uses the saved averaged weights as is.
 
         (The test after fitting runs on the same Trainer, whose average still exists: it must not swap the raw

@@ -353,7 +353,9 @@ class InkModule(pl.LightningModule):
             scores[f"{prefix}/f05_val_threshold"] = overall_scores(maps, self.val_threshold)["f05"]
             scores[f"{prefix}/val_threshold"] = self.val_threshold
         for fid, maps in labelled.items():
-            scores[f"{prefix}/{fid}/f05"] = fragment_scores(maps["prob"], maps["label"], maps["valid"], threshold)["f05"]
+            scores[f"{prefix}/{fid}/f05"] = fragment_scores(maps["prob"], maps["label"], maps["valid"], threshold)[
+                "f05"
+            ]
         return scores
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

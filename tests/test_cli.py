@@ -180,13 +180,13 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[int, i
 
 def test_fit_saves_last_and_best_checkpoint(trained: TrainedRun) -> None:
     checkpoint = trained.cli.trainer.checkpoint_callback
-    assert (checkpoint.monitor, checkpoint.mode) == ("val/f05", "max")
+    assert (checkpoint.monitor, checkpoint.mode) == ("val/f05_best", "max")
     assert isinstance(trained.cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     files = sorted(p.name for p in trained.last.parent.glob("*.ckpt"))
     assert "last.ckpt" in files and trained.best.name in files and len(files) == 2, files
     assert trained.best.name.startswith("epoch") and "f05_" in trained.best.name
-    # The best file holds the highest val/f05 of the run, and it is a complete, loadable checkpoint.
-    val_f05 = scalars(trained.log_dir)["val/f05"]
+    # The best file holds the highest val/f05_best of the run, and it is a complete, loadable checkpoint.
+    val_f05 = scalars(trained.log_dir)["val/f05_best"]
     assert len(val_f05) == 2
     assert float(checkpoint.best_model_score) == pytest.approx(max(val_f05), abs=1e-6)
     best = load_checkpoint(trained.best)
@@ -194,6 +194,7 @@ def test_fit_saves_last_and_best_checkpoint(trained: TrainedRun) -> None:
     assert last["global_step"] == 2 * STEPS_PER_EPOCH and last["epoch"] == 1
     assert best["hyper_parameters"]["encoder"] == "tiny3d"
     assert best["hyper_parameters"]["num_slices"] == 12  # linked from the data module's z range
+    assert 0.0 <= best["val_threshold"] <= 1.0  # the threshold its validation chose, applied at test
     assert temp_files(trained.root) == []
 
 
@@ -380,7 +381,22 @@ def test_fit_without_config_uses_the_demo_config(in_tmp: Path, capsys: Any) -> N
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["demo"] is True
+    assert printed["data"]["ink_ratio"] is None and printed["ema"]["decay"] == 0.99  # the CPU recipe beneath
     assert list(in_tmp.iterdir()) == []
+
+
+def test_fit_with_only_a_data_dir_uses_the_cpu_recipe_and_every_fragment(
+    data_dir: Path, in_tmp: Path, capsys: Any
+) -> None:
+    """The demo's fragment names and demo data never apply to a user's own folder."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--data.data_dir", str(data_dir), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["demo"] is False
+    assert printed["data"]["train_fragments"] is None and printed["data"]["val_fragments"] is None
+    assert printed["data"]["normalization"] == "fragment" and printed["model"]["pos_weight"] == 1.0
+    assert printed["early_stopping"]["patience_samples"] == 40960
 
 
 @pytest.mark.parametrize("flag", ["-c", "--config"])

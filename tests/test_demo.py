@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datamodules.fragment import Fragment
-from lightning_app.cli import DEMO_CONFIG, cli_main
+from lightning_app.cli import CPU_CONFIG, DEMO_CONFIG, cli_main
 
 
 def f05_of_predicting_ink_everywhere(fragment_dir: Path) -> float:
@@ -25,6 +25,8 @@ def test_demo_config_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         [
             "fit",
             "--config",
+            str(CPU_CONFIG),
+            "--config",
             str(DEMO_CONFIG),
             "--data.demo_size",
             "256",
@@ -33,7 +35,7 @@ def test_demo_config_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             "--data.val_fold",
             "3",
             "--max_epochs",
-            "9",
+            "5",
             "--disable_callbacks",
             "[cam, early_stopping]",
             "--trainer.enable_progress_bar",

@@ -236,7 +236,14 @@ def test_fit_test_predict_score_whole_fragments_and_freeze_the_encoder_first() -
     val_threshold = float(metrics["val/threshold"])
     assert module.val_threshold == pytest.approx(val_threshold)
     trainer.test(module, datamodule=data)
-    for name in ("test/f05", "test/f05_oracle", "test/threshold_oracle", "test/ap", "test/frag_a/f05", "test/frag_b/f05"):
+    for name in (
+        "test/f05",
+        "test/f05_oracle",
+        "test/threshold_oracle",
+        "test/ap",
+        "test/frag_a/f05",
+        "test/frag_b/f05",
+    ):
         assert name in trainer.callback_metrics, name
     # Test is scored at the threshold validation chose, never at one tuned on test.
     assert float(trainer.callback_metrics["test/val_threshold"]) == pytest.approx(val_threshold)

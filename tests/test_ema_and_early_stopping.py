@@ -1,0 +1,73 @@
+"""InkEMA (weights averaged for validation, checkpoints and the test after fit) and sample-based early stopping."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from callbacks.early_stopping import InkEarlyStopping
+from callbacks.ema import InkEMA
+from modules.ink_module import InkModule
+from tests.test_ink_module import TINY, TinyFragments
+from utils.checkpoints import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _params(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.startswith("net.") and v.is_floating_point()}
+
+
+def test_ema_weights_are_validated_checkpointed_and_tested(tmp_path):
+    data = TinyFragments()
+    module = InkModule(**TINY, lr=1e-2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/f05_best", mode="max", save_last=True)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[InkEMA(decay=0.5), checkpoint],
+    )
+    trainer.fit(module, datamodule=data)
+    saved = load_checkpoint(tmp_path / "last.ckpt")
+    averaged, raw = _params(saved["state_dict"]), _params(saved["current_model_state"])
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)  # the average is not the raw weights
+    # After fitting the model holds the average (the last update happened after the last save)...
+    own = _params(module.state_dict())
+    assert any(not torch.equal(own[k], raw[k]) for k in own)
+    # ... and the test after fit, on the same Trainer, runs on the checkpoint's averaged weights.
+    trainer.test(module, datamodule=data, ckpt_path=str(tmp_path / "last.ckpt"))
+    tested = _params(module.state_dict())
+    assert all(torch.equal(tested[k], averaged[k]) for k in averaged)
+
+
+def test_ema_settings_are_checked():
+    with pytest.raises(ValueError, match="decay"):
+        InkEMA(decay=1.0)
+    with pytest.raises(ValueError, match="update_every_n_steps"):
+        InkEMA(update_every_n_steps=0)
+
+
+@pytest.mark.parametrize("samples, per_epoch, patience", [(40960, 4096, 10), (1000, 256, 4), (10, 4096, 1)])
+def test_patience_in_samples_becomes_validations(samples, per_epoch, patience):
+    stopping = InkEarlyStopping(patience_samples=samples)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"samples_per_epoch": per_epoch}))
+    stopping.setup(trainer, None, "fit")
+    assert stopping.patience == patience
+
+
+def test_patience_in_samples_needs_an_epoch_length():
+    with pytest.raises(ValueError, match="patience_samples must be >= 1"):
+        InkEarlyStopping(patience_samples=0)
+    stopping = InkEarlyStopping(patience_samples=100)
+    with pytest.raises(ValueError, match="needs a data module with samples_per_epoch"):
+        stopping.setup(SimpleNamespace(datamodule=None), None, "fit")
