@@ -140,15 +140,17 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     for kind in dict.fromkeys(r["kind"] for r in rows):
         runs = [r for r in rows if r["kind"] == kind]
 
-        def stat(key: str, runs: list[dict[str, Any]] = runs) -> str:
+        def stat(key: str, runs: list[dict[str, Any]] = runs, digits: int = 3) -> str:
             values = np.array([float(r[key]) for r in runs if r.get(key) is not None], dtype=float)
             if values.size == 0:
                 return "-"
-            return f"{values.mean():.3f} ± {values.std():.3f}" if values.size > 1 else f"{values[0]:.3f}"
+            if values.size == 1:
+                return f"{values[0]:.{digits}f}"
+            return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
 
         seeds = [r["seed"] for r in runs if "seed" in r]
         label = f"{kind} ({len(seeds)} seed{'s' * (len(seeds) > 1)})" if seeds else kind
-        steps = stat("steps").replace(".000", "")
+        steps = stat("steps", digits=0)
         lines.append(f"| {label} | {stat('f05_val_threshold')} | {stat('f05_at_0.5')} | {stat('ap')} | {steps} |")
     by_seed = {(r["kind"], r["seed"]): r for r in rows if "seed" in r}
     paired = [

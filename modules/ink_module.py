@@ -32,7 +32,9 @@ class InkModule(pl.LightningModule):
     Validation, test and prediction tiles are turned into probabilities (optionally averaged over the 8
     flips/rotations), blended into one map per fragment by a `FragmentStitcher`, summed across DDP ranks at
     epoch end and scored with F0.5 over each whole fragment: ``val/f05``, ``val/f05_best``, ``val/threshold``,
-    ``val/ap`` (``test/...`` likewise, plus ``test/<fragment_id>/f05``). The maps of the last evaluation are
+    ``val/ap``. Test never tunes a threshold on itself: ``test/f05`` (at `threshold`), ``test/f05_val_threshold``
+    (at `val_threshold`, the best threshold of the latest validation, saved in checkpoints), ``test/ap``,
+    ``test/<fragment_id>/f05``, and the labelled upper bound ``test/f05_oracle``. The maps of the last evaluation are
     kept in `last_eval_maps` (``{fragment_id: {"prob", "valid"[, "label"]}}``); they are set in the module's
     ``on_{validation,test,predict}_epoch_end``, which Lightning runs after the callbacks' hooks of the same
     name, so callbacks read them in ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``.

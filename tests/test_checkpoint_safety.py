@@ -217,9 +217,9 @@ def test_a_checkpoint_of_a_real_run_loads_with_every_callback_state(run: TinyRun
     assert checkpoint["datamodule_hyper_parameters"]["z_end"] == 16
     assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
     states = {key.split("{")[0]: value for key, value in checkpoint["callbacks"].items()}
-    assert {"LatestCheckpoint", "EarlyStopping", "GradCAMCallback"} <= set(states)
+    assert {"LatestCheckpoint", "InkEarlyStopping", "GradCAMCallback"} <= set(states)
     assert states["GradCAMCallback"]["tiles"]["image"].ndim == 4 and states["GradCAMCallback"]["tiles"]["fragment"]
-    assert isinstance(states["EarlyStopping"]["best_score"], torch.Tensor)
+    assert isinstance(states["InkEarlyStopping"]["best_score"], torch.Tensor)
     assert states["LatestCheckpoint"]["last_model_path"].endswith("last.ckpt")
 
 

@@ -381,7 +381,7 @@ def test_fit_without_config_uses_the_demo_config(in_tmp: Path, capsys: Any) -> N
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["demo"] is True
-    assert printed["data"]["ink_ratio"] is None and printed["ema"]["decay"] == 0.99  # the CPU recipe beneath
+    assert printed["data"]["ink_ratio"] is None and printed["ema"]["enabled"] is False  # the CPU recipe beneath
     assert list(in_tmp.iterdir()) == []
 
 
