@@ -4,10 +4,12 @@ The winners of the ink-detection competition kept an EMA of the weights (decay 0
 labelled ink the raw weights jump from step to step, and the average predicts more steadily. This is Lightning's
 own `EMAWeightAveraging` with the project's defaults, off unless ``enabled``: in the CPU recipe's short,
 time-budgeted runs the average lagged behind fast-improving weights (test F0.5 on unseen faint fragments 0.891
-and 0.802 with decay 0.99, against 0.900 and 0.865 without, two seeds), so it is for long runs. When on, while fitting, validation runs on the averaged weights,
-every checkpoint's ``state_dict`` holds them (the raw weights go under ``current_model_state`` so a resumed run
-continues exactly), and at the end of fitting the model keeps the average. Testing or predicting from such a
-checkpoint therefore uses the averaged weights with no callback at all.
+and 0.802 with decay 0.99, against 0.900 and 0.865 without, two seeds), so it is for long runs.
+
+When on, validation during fit runs on the averaged weights, every checkpoint's ``state_dict`` holds them (the
+raw weights go under ``current_model_state``, so a resumed run continues exactly), and at the end of fitting the
+model keeps the average. Testing or predicting from such a checkpoint therefore uses the averaged weights with no
+callback at all.
 """
 
 from __future__ import annotations
