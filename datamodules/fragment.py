@@ -326,6 +326,10 @@ class Fragment:
     def _file_index(self, z: int) -> int:
         return self.depth - 1 - z if self.reverse_depth else z
 
+    def slice_info(self, z: int) -> SliceInfo:
+        """The file behind slice ``z`` (depth order after ``reverse_depth``)."""
+        return self.slices[self._file_index(z)]
+
     def _map(self, z: int) -> np.ndarray:
         index = self._file_index(z)
         cached = self._maps.get(index)
@@ -368,7 +372,7 @@ class Fragment:
         """Converts the non-mappable slices of ``[z0, z1)`` in advance; returns how many were converted."""
         converted = 0
         for z in range(max(0, z0), min(self.depth, self.depth if z1 is None else z1)):
-            info = self.slices[self._file_index(z)]
+            info = self.slice_info(z)
             if not info.mappable and not self.cache_path(info).exists():
                 self._convert(info, self.cache_path(info))
                 converted += 1

@@ -125,6 +125,11 @@ class InkDataModule(pl.LightningDataModule):
         """Depth of the model's input: ``z_end - z_start``."""
         return self.hparams.z_end - self.hparams.z_start
 
+    @property
+    def _depth_margin(self) -> int:
+        """Slices read beyond ``[z_start, z_end)`` on each side for the training depth shift."""
+        return self.augment.depth_shift if self.augment.enabled else 0
+
     # ----------------------------------------------------------------------------------------- preparation
 
     def prepare_data(self) -> None:
@@ -138,8 +143,8 @@ class InkDataModule(pl.LightningDataModule):
                 width=hp.demo_size,
                 ink_contrast=hp.demo_ink_contrast,
             )
+        margin = self._depth_margin
         for fragment in self._open(self.data_dir, require_labels=False):
-            margin = self.augment.depth_shift if self.augment.enabled else 0
             fragment.prepare_cache(fragment.z_start - margin, fragment.z_end + margin)
 
     def _open(self, folder: Path, *, require_labels: bool, names: Sequence[str] | None = None) -> list[Fragment]:
@@ -173,7 +178,7 @@ class InkDataModule(pl.LightningDataModule):
                     f"(tile_size={hp.tile_size})"
                 )
             if hp.normalization == "fragment":
-                margin = self.augment.depth_shift if self.augment.enabled else 0
+                margin = self._depth_margin
                 fragment.intensity = intensity_range(
                     fragment, hp.z_start - margin, hp.z_end + margin, *hp.intensity_percentiles
                 )

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from callbacks.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from datamodules.fragment import Fragment
@@ -66,14 +66,15 @@ def intensity_range(fragment: Fragment, z0: int, z1: int, low: float = 0.5, high
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache file is computed again
     lo, hi = _compute(fragment, z0, z1, low, high)
-    _write_json(target, {"lo": lo, "hi": hi, "z0": z0, "z1": z1, "low": low, "high": high})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, json.dumps({"lo": lo, "hi": hi, "z0": z0, "z1": z1, "low": low, "high": high}))
     return lo, hi
 
 
 def _cache_key(fragment: Fragment, z0: int, z1: int, low: float, high: float) -> str:
     digest = hashlib.sha1(f"{z0}:{z1}:{low}:{high}:{fragment.reverse_depth}".encode())
     for z in range(z0, z1):
-        info = fragment.slices[fragment.depth - 1 - z if fragment.reverse_depth else z]
+        info = fragment.slice_info(z)
         stat = info.path.stat()
         digest.update(f"{info.path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     mask_file = fragment.path / "mask.png"
@@ -97,13 +98,3 @@ def _compute(fragment: Fragment, z0: int, z1: int, low: float, high: float) -> t
             "nothing to normalise (use normalization='dtype' to keep raw values)"
         )
     return lo, hi
-
-
-def _write_json(target: Path, payload: dict[str, float]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

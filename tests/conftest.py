@@ -10,6 +10,8 @@ import tifffile
 import torch
 from PIL import Image
 
+from datamodules.fragment import Fragment
+
 
 def write_fragment(
     root: Path,
@@ -45,6 +47,13 @@ def random_fragment_arrays(
     mask[2:-2, 3:-3] = True
     labels = (rng.random((height, width)) < 0.2) & mask
     return volume, mask, labels
+
+
+def f05_of_predicting_ink_everywhere(fragment_dir: Path) -> float:
+    """F0.5 of the all-ink prediction inside the mask: precision = ink fraction, recall = 1."""
+    fragment = Fragment(fragment_dir, z_start=0, z_end=1)
+    precision = float(np.asarray(fragment.labels)[np.asarray(fragment.mask)].mean())
+    return 1.25 * precision / (0.25 * precision + 1.0)
 
 
 @pytest.fixture

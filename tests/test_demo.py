@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from datamodules.fragment import Fragment
 from lightning_app.cli import CPU_CONFIG, DEMO_CONFIG, cli_main
-
-
-def f05_of_predicting_ink_everywhere(fragment_dir: Path) -> float:
-    """F0.5 of the all-ink prediction inside the mask: precision = ink fraction, recall = 1."""
-    fragment = Fragment(fragment_dir, z_start=0, z_end=1)
-    precision = float(np.asarray(fragment.labels)[np.asarray(fragment.mask)].mean())
-    return 1.25 * precision / (0.25 * precision + 1.0)
+from tests.conftest import f05_of_predicting_ink_everywhere
 
 
 @pytest.mark.slow

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from datamodules.synthetic import FAINT_INK_CONTRAST, FAINT_REALISM, make_fragment
 from lightning_app.cli import CPU_CONFIG, cli_main
 from modules.metrics import fbeta_at
+from tests.conftest import f05_of_predicting_ink_everywhere
 
 MARGIN = 0.15
 SIZE = 256
-
-
-def _all_ink_f05(maps: dict[str, np.ndarray]) -> float:
-    return fbeta_at(np.ones_like(maps["prob"]), maps["label"], maps["valid"], 0.5)
 
 
 @pytest.mark.slow
@@ -50,6 +46,6 @@ def test_cpu_recipe_learns_faint_ink(tmp_path: Path, monkeypatch):
         ]
     )  # fmt: skip
     ours = cli.model.last_eval_maps["f3"]
-    floor = _all_ink_f05(ours)
+    floor = f05_of_predicting_ink_everywhere(data / "f3")
     score = fbeta_at(ours["prob"], ours["label"], ours["valid"], cli.model.val_threshold)
     assert score > floor + MARGIN, f"recipe F0.5 {score:.3f} vs predicting ink everywhere {floor:.3f}"
