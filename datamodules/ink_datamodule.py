@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 
 from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
 from datamodules.intensity import check_normalization, intensity_range
+from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler, check_ink_ratio
 from datamodules.synthetic import make_demo_data
-from datamodules.tile_dataset import BalancedTileSampler, ShardedEvalSampler, TileDataset, check_ink_ratio
+from datamodules.tile_dataset import TileDataset
 from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
 from datamodules.transforms import AugmentConfig, TileTransform
 

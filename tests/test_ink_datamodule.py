@@ -1,4 +1,4 @@
-"""InkDataModule: batches as DESIGN.md gives them, splits, DDP sharding, workers, predict without labels."""
+"""InkDataModule: batches as DESIGN.md gives them, splits, workers, predict without labels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.tile_dataset import BalancedTileSampler, ShardedEvalSampler
 from datamodules.transforms import AugmentConfig
 from tests.conftest import random_fragment_arrays, write_fragment
 
@@ -134,43 +133,6 @@ def test_fragment_split_and_test_falls_back_to_val_with_a_warning(data_dir):
     assert set(dm.fragment_shapes("validate")) == {"b"}
     with pytest.warns(UserWarning, match="no test split"):
         assert set(dm.fragment_shapes("test")) == {"b"}
-
-
-def test_eval_tiles_are_dealt_once_across_ranks(data_dir):
-    dm = _dm(data_dir)
-    dm.setup("fit")
-    dataset = dm._dataset("val", training=False)
-    for world in (1, 2, 3):
-        shares = [list(ShardedEvalSampler(dataset, num_replicas=world, rank=r)) for r in range(world)]
-        flat = sorted(i for share in shares for i in share)
-        assert flat == list(range(len(dataset)))
-        assert sum(len(ShardedEvalSampler(dataset, num_replicas=world, rank=r)) for r in range(world)) == len(dataset)
-
-
-def test_training_ranks_draw_from_distinct_shares_balanced_by_ink_ratio(data_dir):
-    dm = _dm(data_dir)
-    dm.setup("fit")
-    dataset = dm._dataset("train", training=True)
-    has_ink = dataset.tiles.has_ink
-    assert has_ink.any() and (~has_ink).any()
-    draws = []
-    for rank in range(2):
-        sampler = BalancedTileSampler(dataset, 400, 0.25, num_replicas=2, rank=rank, seed=0)
-        sampler.set_epoch(0)
-        drawn = list(sampler)
-        assert len(drawn) == len(sampler) == 200
-        draws.append(set(drawn))
-        assert abs(has_ink[drawn].mean() - 0.25) < 0.1
-    assert not draws[0] & draws[1]
-    sampler = BalancedTileSampler(dataset, 64, 0.5, seed=0)
-    sampler.set_epoch(0)
-    first = list(sampler)
-    sampler.set_epoch(1)
-    assert list(sampler) != first
-    sampler.set_epoch(0)
-    assert list(sampler) == first
-    with pytest.raises(ValueError, match="ink_ratio=1.0"):
-        BalancedTileSampler(dataset, 64, 1.0)
 
 
 def test_worker_round_trip_equals_single_process(data_dir):
