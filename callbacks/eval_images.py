@@ -11,7 +11,8 @@ import pytorch_lightning as pl
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from callbacks.atomic import atomic_path, check_filename_part
+from utils.atomic import atomic_path
+from utils.checks import check_filename_part
 
 # Source pixels pooled per band when downsampling (bounds the float32 working copy).
 _BAND_PIXELS = 1 << 22

@@ -7,12 +7,11 @@ Plain numpy and Pillow (matplotlib is not a dependency of the project). Every im
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from callbacks.atomic import atomic_path
+from utils.png import write_png  # noqa: F401  (re-exported until the figures move to utils)
 
 # Anchors of the classic "jet" map (dark blue → cyan → yellow → dark red), the usual Grad-CAM palette.
 _JET = np.array(
@@ -152,18 +151,3 @@ def depth_profile_chart(
         legend += "   line: Grad-CAM share"
     draw.text((left, height - 14), legend, fill=_AXIS_RGB, font=font)
     return np.asarray(image, dtype=np.uint8)
-
-
-def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Writes an ``uint8`` image ([H, W] or [H, W, 3]) as PNG atomically: a temporary name, then ``os.replace``.
-
-    A crash mid-write leaves at most a hidden temporary file, never a truncated PNG under the final name.
-    """
-    path = Path(path)
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"write_png '{path}': need a uint8 [H, W] or [H, W, 3] image, got {image.dtype} {image.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, fsync=False) as temp:
-        Image.fromarray(image).save(temp, format="PNG")
-    return path

@@ -4,105 +4,20 @@ from __future__ import annotations
 
 import csv
 import math
-import struct
-import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from callbacks.atomic import atomic_open, check_filename_part, ensure_writable_dir
-from callbacks.rle import RleEncoder
+from utils.atomic import atomic_open, ensure_writable_dir
+from utils.checks import check_filename_part
+from utils.png import StreamingPngWriter
+from utils.rle import RleEncoder
 
 # Full-resolution pixels produced per band; bounds the writer's working memory (a few float32 bands).
 BAND_PIXELS = 1 << 22
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_IDAT_BYTES = 1 << 20
-
-
-class StreamingPngWriter:
-    """Writes an 8-bit greyscale PNG row band by row band, so the whole image never has to be in memory.
-
-    Rows use the PNG "Sub" filter (difference to the left neighbour): on smooth probability maps it compresses
-    about twice as well as no filter, and with zlib level 1 a 14830 × 9506 map takes ~2 s rather than ~10 s
-    at level 6 for a file ~10 % larger.
-
-    Args:
-        file: Binary file object to write to.
-        height: Image height in rows.
-        width: Image width in pixels.
-        compress_level: zlib level 0–9.
-
-    Raises:
-        ValueError: A non-positive size (PNG needs at least one pixel) or a bad compression level.
-    """
-
-    def __init__(self, file: IO[bytes], height: int, width: int, *, compress_level: int = 1) -> None:
-        if height <= 0 or width <= 0 or height >= 2**31 or width >= 2**31:
-            raise ValueError(f"PNG size must be positive and below 2**31, got {height} x {width}")
-        if not 0 <= compress_level <= 9:
-            raise ValueError(f"compress_level must be in 0..9, got {compress_level}")
-        self._file = file
-        self.height = height
-        self.width = width
-        self._rows = 0
-        self._zip = zlib.compressobj(compress_level)
-        self._pending = bytearray()
-        self._closed = False
-        file.write(_PNG_SIGNATURE)
-        # IHDR: bit depth 8, colour type 0 (grey), deflate, adaptive filtering, no interlace.
-        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-
-    def _chunk(self, kind: bytes, data: bytes | bytearray) -> None:
-        self._file.write(struct.pack(">I", len(data)))
-        self._file.write(kind)
-        self._file.write(data)
-        self._file.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
-
-    def write_rows(self, rows: np.ndarray) -> None:
-        """Appends ``rows`` (uint8 ``[n, width]``) below the rows written so far.
-
-        Raises:
-            ValueError: Wrong dtype/width, more rows than ``height``, or a call after `close`.
-        """
-        if self._closed:
-            raise ValueError("StreamingPngWriter.write_rows called after close()")
-        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != self.width:
-            raise ValueError(f"rows must be uint8 [n, {self.width}], got {rows.dtype} {list(rows.shape)}")
-        n = rows.shape[0]
-        if self._rows + n > self.height:
-            raise ValueError(f"PNG has {self.height} rows; writing {n} more after {self._rows} is too many")
-        if n == 0:
-            return
-        filtered = np.empty((n, self.width + 1), dtype=np.uint8)
-        filtered[:, 0] = 1  # filter type "Sub"
-        filtered[:, 1] = rows[:, 0]
-        # uint8 subtraction wraps modulo 256, exactly as PNG defines the filter.
-        np.subtract(rows[:, 1:], rows[:, :-1], out=filtered[:, 2:])
-        self._rows += n
-        self._pending += self._zip.compress(filtered)
-        if len(self._pending) >= _IDAT_BYTES:
-            self._chunk(b"IDAT", self._pending)
-            self._pending = bytearray()
-
-    def close(self) -> None:
-        """Finishes the image (the file itself stays open).
-
-        Raises:
-            ValueError: Fewer rows were written than ``height``.
-        """
-        if self._closed:
-            return
-        if self._rows != self.height:
-            raise ValueError(f"PNG needs {self.height} rows, only {self._rows} were written")
-        self._pending += self._zip.flush()
-        self._chunk(b"IDAT", self._pending)
-        self._chunk(b"IEND", b"")
-        self._pending = bytearray()
-        self._closed = True
 
 
 def _axis_scale(full: int, stored: int) -> float:
@@ -183,7 +98,7 @@ class InkPredictionWriter(pl.Callback):
     - ``<output_dir>/<id>_prediction.png``: probabilities as 8-bit grey, ``round(255 * p)``;
     - ``<output_dir>/<id>_mask.png``: 255 where ``p > threshold`` inside the valid (papyrus, covered) map, else 0;
     - ``<output_dir>/submission.csv``: ``Id,Predicted`` with one row per fragment, the run-length encoding
-      (`callbacks.rle`) of that mask, written after all fragments.
+      (`utils.rle`) of that mask, written after all fragments.
 
     Every file is written under a temporary name and renamed when complete, so a failure leaves no partial
     file. The output folder is created and checked for writability when prediction starts, before any

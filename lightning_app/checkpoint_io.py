@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from callbacks.atomic import atomic_path
+from utils.atomic import atomic_path
 from utils.checkpoints import load_checkpoint
 
 

@@ -23,7 +23,6 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint  # 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn  # noqa: E402
 
-from callbacks.atomic import ensure_writable_dir  # noqa: E402
 from callbacks.cam import GradCAMCallback  # noqa: E402
 from callbacks.early_stopping import InkEarlyStopping  # noqa: E402
 from callbacks.ema import InkEMA  # noqa: E402
@@ -32,6 +31,7 @@ from callbacks.prediction_writer import InkPredictionWriter  # noqa: E402
 from datamodules.ink_datamodule import InkDataModule  # noqa: E402
 from lightning_app.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from modules.ink_module import InkModule  # noqa: E402
+from utils.atomic import ensure_writable_dir  # noqa: E402
 from utils.checkpoints import allow_project_types, load_checkpoint  # noqa: E402
 
 # Lightning's own weights-only loads in this process (LightningModule.load_from_checkpoint) accept the project's types.

@@ -24,12 +24,12 @@ from PIL import Image
 from pytorch_lightning.accelerators import CPUAccelerator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks.rle import rle_decode
 from datamodules.synthetic import make_demo_data
 from lightning_app.checkpoint_io import AtomicCheckpointIO
 from lightning_app.cli import InkCLI, cli_main, expand_shorthands
 from modules.ink_module import InkModule
 from utils.checkpoints import load_checkpoint
+from utils.rle import rle_decode
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 8

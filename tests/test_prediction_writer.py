@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from callbacks import prediction_writer
-from callbacks.atomic import atomic_path, atomic_write_text, check_filename_part, ensure_writable_dir
-from callbacks.prediction_writer import InkPredictionWriter, StreamingPngWriter, full_resolution_bands
-from callbacks.rle import rle_decode
+from callbacks.prediction_writer import InkPredictionWriter, full_resolution_bands
+from utils.png import StreamingPngWriter
+from utils.rle import rle_decode
 
 
 class StandIn(pl.LightningModule):
@@ -221,22 +220,6 @@ def test_missing_or_stale_maps_are_clear_errors(tmp_path: Path) -> None:
         InkPredictionWriter(threshold=1.0)
 
 
-def test_streaming_png_writer_checks_rows() -> None:
-    buffer = io.BytesIO()
-    writer = StreamingPngWriter(buffer, 3, 4)
-    with pytest.raises(ValueError, match="uint8"):
-        writer.write_rows(np.zeros((1, 5), np.uint8))
-    writer.write_rows(np.arange(8, dtype=np.uint8).reshape(2, 4))
-    with pytest.raises(ValueError, match="too many"):
-        writer.write_rows(np.zeros((2, 4), np.uint8))
-    with pytest.raises(ValueError, match="only 2"):
-        writer.close()
-    writer.write_rows(np.full((1, 4), 250, np.uint8))
-    writer.close()
-    buffer.seek(0)
-    assert np.array(Image.open(buffer)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [250] * 4]
-
-
 class _PredictTiles(pl.LightningDataModule):
     """One 50 × 64 fragment cut into overlapping 32 × 32 predict tiles (the last row flush with the edge)."""
 
@@ -289,20 +272,3 @@ def test_with_ink_module_at_half_resolution(tmp_path: Path) -> None:
     assert np.abs(written.astype(np.float32) - prob * 255).max() <= 0.5 + 1e-3
     assert np.array_equal(_png(tmp_path / "seg_mask.png") > 0, expected)
     assert np.array_equal(rle_decode(_submission(tmp_path / "submission.csv")["seg"], (50, 64)), expected)
-
-
-def test_atomic_helpers_replace_whole_files_or_leave_the_old_one(tmp_path: Path) -> None:
-    target = tmp_path / "out.txt"
-    atomic_write_text(target, "new")
-    assert target.read_text() == "new" and target.stat().st_mode & 0o044  # umask permissions, not mkstemp's 0600
-    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
-        tmp.write_text("partial")
-        raise RuntimeError("boom")
-    with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_path(target):
-        pass
-    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-    with pytest.raises(NotADirectoryError, match="out.txt"):
-        ensure_writable_dir(target)
-    assert ensure_writable_dir(tmp_path / "a" / "b").is_dir()
-    with pytest.raises(ValueError, match="fragment id"):
-        check_filename_part("..", "fragment id")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from callbacks.rle import RleEncoder, rle_decode, rle_encode
+from utils.rle import RleEncoder, rle_decode, rle_encode
 
 
 def _kaggle_reference(mask: np.ndarray) -> str:
