@@ -20,7 +20,8 @@ from modules.losses import InkLoss, check_finite
 from modules.metrics import fragment_scores, overall_scores
 from modules.param_groups import build_param_groups
 from modules.schedulers import build_budget_cosine, build_warmup_cosine
-from modules.stitching import FragmentStitcher, tta_predict, window_weights
+from modules.stitching import FragmentStitcher, window_weights
+from modules.tta import tta_predict
 
 # Lightning's stage names, as passed to `InkDataModule.fragment_shapes`, keyed by metric prefix.
 _EVAL_STAGES = {"val": "validate", "test": "test", "predict": "predict"}

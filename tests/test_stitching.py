@@ -1,4 +1,4 @@
-"""Tests for whole-fragment stitching and test-time augmentation (modules/stitching.py)."""
+"""Tests for whole-fragment stitching (modules/stitching.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from modules.stitching import WINDOW_KINDS, FragmentStitcher, tta_predict, window_weights
+from modules.stitching import WINDOW_KINDS, FragmentStitcher, window_weights
 
 TILE = 32
 
@@ -276,43 +276,3 @@ def test_ddp_reduce_matches_single_process(tmp_path: Path) -> None:
             np.testing.assert_allclose(got["prob"], expected["prob"], atol=1e-6)
             np.testing.assert_array_equal(got["valid"], expected["valid"])
             np.testing.assert_array_equal(got["label"], expected["label"])
-
-
-# ---------------------------------------------------------------- TTA
-
-
-@pytest.mark.parametrize("transforms", ["none", "flips", "rot90", "flips+rot90"])
-def test_tta_with_equivariant_model_equals_plain_prediction(transforms: str) -> None:
-    image = torch.randn(2, 3, 16, 16)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=1, keepdim=True)
-
-    out = tta_predict(fn, image, transforms)
-    assert out.shape == (2, 1, 16, 16)
-    torch.testing.assert_close(out, torch.sigmoid(fn(image)), atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("transforms", ["flips", "rot90", "flips+rot90"])
-def test_tta_with_non_equivariant_model_differs(transforms: str) -> None:
-    image = torch.randn(2, 3, 16, 16)
-    ramp = torch.linspace(-3, 3, 16).expand(16, 16)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        # Adds a fixed left-to-right ramp: not invariant under flips or rotations.
-        return x.mean(dim=1, keepdim=True) + ramp
-
-    plain = torch.sigmoid(fn(image))
-    out = tta_predict(fn, image, transforms)
-    assert out.shape == plain.shape
-    assert (out - plain).abs().max() > 0.1
-
-
-def test_tta_errors() -> None:
-    image = torch.randn(1, 2, 8, 8)
-    with pytest.raises(ValueError, match="'d4'"):
-        tta_predict(lambda x: x[:, :1], image, "d4")
-    with pytest.raises(ValueError, match="square"):
-        tta_predict(lambda x: x[:, :1], torch.randn(1, 2, 8, 6), "none")
-    with pytest.raises(ValueError, match="fn returned shape"):
-        tta_predict(lambda x: x, image, "none")
