@@ -1,6 +1,7 @@
-"""Small image helpers of the Grad-CAM callback: heat-map overlays, label outlines, depth-profile charts, PNG files.
+"""Figures and colour maps of the Grad-CAM pictures: heat-map overlays, label outlines, depth-profile charts.
 
-Plain numpy and Pillow (matplotlib is not a dependency of the project). Every image is an ``uint8`` array
+Plain numpy and Pillow (matplotlib is not a dependency of the project), apart from the callback so the
+pictures can be drawn from a script or a test without a Trainer. Every image is an ``uint8`` array
 ``[H, W, 3]`` (RGB), the layout both Pillow and ``SummaryWriter.add_image(..., dataformats="HWC")`` take.
 """
 
@@ -10,8 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from utils.png import write_png  # noqa: F401  (re-exported until the figures move to utils)
 
 # Anchors of the classic "jet" map (dark blue → cyan → yellow → dark red), the usual Grad-CAM palette.
 _JET = np.array(
