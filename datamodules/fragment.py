@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image
+
+from datamodules.fragment_maps import binary_cache, ignore_cache, save_npy
 
 SLICE_DIRS = ("surface_volume", "layers")
 _SLICE_NAME = re.compile(r"^(\d+)\.tiff?$", re.IGNORECASE)
@@ -123,58 +124,6 @@ def inspect_slice(path: Path) -> SliceInfo:
     return SliceInfo(path=path, shape=shape, dtype=dtype, mappable=bool(mappable))
 
 
-def read_binary_png(path: Path, shape: tuple[int, int], what: str, *, unknown: int | None = None) -> np.ndarray:
-    """Reads a mask or label PNG as a bool array, accepting 0/255 or 0/1 values.
-
-    Args:
-        path: the PNG.
-        shape: the volume's ``(H, W)``.
-        what: what the file is, for error messages.
-        unknown: a value also accepted, meaning "unknown" (labels: 127); such pixels read as False.
-
-    Raises:
-        ValueError: unreadable file, size other than ``shape`` or values that are not binary.
-    """
-    array = _read_png(path, shape, what)
-    if array.dtype == bool:
-        return array
-    values = set(np.unique(array).tolist())
-    allowed = ({0, 255}, {0, 1}) if unknown is None else ({0, 255, unknown}, {0, 1, unknown})
-    if not any(values <= ok for ok in allowed):
-        shown = sorted(values)[:8]
-        extra = "" if unknown is None else f", with {unknown} for unknown"
-        raise ValueError(f"{what} '{path}' is not binary: values {shown}; expected 0/255 or 0/1{extra}")
-    return (array > 0) & (array != unknown) if unknown is not None else array > 0
-
-
-def read_unknown_labels(path: Path, shape: tuple[int, int], value: int = 127) -> np.ndarray | None:
-    """Pixels of a label PNG marked unknown (``value``), or None when there are none."""
-    array = _read_png(path, shape, "ink labels")
-    if array.dtype == bool:
-        return None
-    unknown = array == value
-    return unknown if unknown.any() else None
-
-
-def _read_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img)
-    except Exception as err:
-        raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    if array.ndim == 3:
-        array = array[..., 0]
-    if array.shape != shape:
-        raise ValueError(
-            f"{what} '{path}' is {array.shape[1]}x{array.shape[0]} (W x H) but the volume's slices are "
-            f"{shape[1]}x{shape[0]}"
-        )
-    return array
-
-
 class Fragment:
     """One fragment: a lazy ``[Z, H, W]`` volume, its mask and (optional) ink labels.
 
@@ -234,18 +183,18 @@ class Fragment:
         # (lo, hi) raw values mapped to 0 and 1 by the model's input normalisation; None: the dtype's range.
         self.intensity: tuple[float, float] | None = None
 
-        # Mask and labels are converted once to .npy caches and memory-mapped like the slices: a real
-        # fragment's 2-D maps are 141 MB each, which would otherwise sit in every worker's memory.
+        # Mask and labels are memory-mapped .npy caches like the slices (see datamodules/fragment_maps.py).
+        shape = (self.height, self.width)
         mask_path = self.path / "mask.png"
-        self._mask_file = self._binary_cache(mask_path, "mask") if mask_path.exists() else None
+        self._mask_file = binary_cache(mask_path, self.cache_dir, shape, "mask") if mask_path.exists() else None
         label_path = self.path / "inklabels.png"
         if label_path.exists():
-            self._labels_file: Path | None = self._binary_cache(label_path, "ink labels")
+            self._labels_file: Path | None = binary_cache(label_path, self.cache_dir, shape, "ink labels")
         elif require_labels:
             raise FileNotFoundError(f"fragment '{self.id}' has no ink labels: '{label_path}' is missing")
         else:
             self._labels_file = None
-        self._ignore_file = self._ignore_cache(label_path, self.path / "ignore.png")
+        self._ignore_file = ignore_cache(label_path, self.path / "ignore.png", self.cache_dir, shape)
 
     @property
     def mask(self) -> np.ndarray:
@@ -268,45 +217,11 @@ class Fragment:
         """
         return None if self._ignore_file is None else self._open_npy(self._ignore_file)
 
-    def _ignore_cache(self, label_path: Path, ignore_path: Path) -> Path | None:
-        sources = [p for p in (label_path, ignore_path) if p.exists()]
-        if not sources:
-            return None
-        stamp = "-".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in sources)
-        target = self.cache_dir / f"ignore.{stamp}.npy"
-        none_marker = self.cache_dir / f"ignore.{stamp}.none"
-        if none_marker.exists():
-            return None
-        if not target.exists():
-            shape = (self.height, self.width)
-            ignore = read_unknown_labels(label_path, shape) if label_path.exists() else None
-            if ignore_path.exists():
-                extra = read_binary_png(ignore_path, shape, "ignore mask")
-                ignore = extra if ignore is None else ignore | extra
-            if ignore is None or not ignore.any():
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                for old in self.cache_dir.glob("ignore.*"):
-                    old.unlink(missing_ok=True)
-                none_marker.touch()
-                return None
-            _save_atomically(target, ignore, stale="ignore.*")
-        return target
-
     def _open_npy(self, path: Path) -> np.ndarray:
         cached = self._maps.get(path)
         if cached is None:
             cached = self._maps[path] = np.load(path, mmap_mode="r")
         return cached
-
-    def _binary_cache(self, png: Path, what: str) -> Path:
-        """The .npy copy of a mask or label PNG, made (and checked) once per version of the PNG."""
-        stat = png.stat()
-        target = self.cache_dir / f"{png.stem}.{stat.st_size}-{stat.st_mtime_ns}.npy"
-        if not target.exists():
-            unknown = 127 if png.name == "inklabels.png" else None
-            array = read_binary_png(png, (self.height, self.width), what, unknown=unknown)
-            _save_atomically(target, array, stale=f"{png.stem}.*.npy")
-        return target
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -366,7 +281,7 @@ class Fragment:
             raise ValueError(f"unreadable or truncated TIFF slice '{info.path}': {type(err).__name__}: {err}") from err
         if data.shape != info.shape:
             raise ValueError(f"slice '{info.path}' decoded to {data.shape}, header says {info.shape}")
-        _save_atomically(target, np.asarray(data, dtype=info.dtype), stale=f"{info.path.stem}.*.npy")
+        save_npy(target, np.asarray(data, dtype=info.dtype), stale=f"{info.path.stem}.*.npy")
 
     def prepare_cache(self, z0: int = 0, z1: int | None = None) -> int:
         """Converts the non-mappable slices of ``[z0, z1)`` in advance; returns how many were converted."""
@@ -399,18 +314,3 @@ class Fragment:
             f"Fragment('{self.id}', {self.depth}x{self.height}x{self.width} {self.dtype}, "
             f"z=[{self.z_start},{self.z_end}), labels={'yes' if self.labels is not None else 'no'})"
         )
-
-
-def _save_atomically(target: Path, array: np.ndarray, *, stale: str) -> None:
-    """Writes ``array`` as ``target`` (.npy) under a temporary name, renames it, and removes older versions."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(stale):
-        if old != target:
-            old.unlink(missing_ok=True)  # the source changed since this copy was made
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
