@@ -18,6 +18,7 @@ from datamodules.synthetic import make_demo_data
 from datamodules.tile_dataset import TileDataset
 from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
 from datamodules.transforms import AugmentConfig, TileTransform
+from utils.checks import check_int
 
 # Checkpoints hold the data module's hyperparameters; Lightning loads them with torch's weights-only unpickler.
 torch.serialization.add_safe_globals([AugmentConfig])
@@ -109,8 +110,7 @@ class InkDataModule(pl.LightningDataModule):
             raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
         check_ink_ratio(ink_ratio)
         check_normalization(normalization, *intensity_percentiles)
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers}: must be >= 0")
+        check_int("num_workers", num_workers, minimum=0)
         self.stride = stride or max(1, tile_size // 2)
         self.eval_stride = eval_stride or max(1, tile_size // 4)
         _check_positive(stride=self.stride, eval_stride=self.eval_stride)
@@ -332,8 +332,7 @@ def _has_fragments(folder: Path) -> bool:
 
 def _check_positive(**settings: int) -> None:
     for name, value in settings.items():
-        if value is None or value <= 0:
-            raise ValueError(f"{name}={value}: must be a positive integer")
+        check_int(name, value, minimum=1, allow_numpy=True)
 
 
 def _empty_split_message(split: str, hp: object) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.checks import check_int
+
 STAGES = ("train", "val", "test")
 
 
@@ -59,8 +61,7 @@ class TileSet:
 
 def grid_positions(start: int, stop: int, tile: int, stride: int) -> np.ndarray:
     """Window starts covering ``[start, stop)``: every ``stride``, plus one flush with ``stop``. Empty if too short."""
-    if not isinstance(stride, (int, np.integer)) or stride <= 0:
-        raise ValueError(f"stride={stride}: must be a positive integer")
+    check_int("stride", stride, minimum=1, allow_numpy=True)
     if stop - start < tile:
         return np.zeros(0, dtype=np.int64)
     positions = np.arange(start, stop - tile + 1, stride, dtype=np.int64)

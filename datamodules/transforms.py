@@ -36,6 +36,8 @@ import numpy as np
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
+from utils.checks import check_int, check_range  # noqa: E402
+
 __all__ = ["AugmentConfig", "TileTransform", "normalise"]
 
 _PROBABILITIES = (
@@ -108,36 +110,26 @@ class AugmentConfig:
         """Reject settings that would fail late (inside a DataLoader worker) or silently mean something else."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-                raise ValueError(f"AugmentConfig.{f.name} must be an integer, got {value!r}")
+            if f.type in ("int", int):
+                check_int(f"AugmentConfig.{f.name}", value, allow_numpy=True)
             if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"AugmentConfig.{f.name} must be a number, got {value!r}")
         for name in _PROBABILITIES:
-            _check_range(name, getattr(self, name), 0.0, 1.0)
-        _check_range("shift_limit", self.shift_limit, 0.0, 1.0)
-        _check_range("scale_limit", self.scale_limit, 0.0, 1.0, high_open=True)
-        _check_range("rotate_limit", self.rotate_limit, 0.0, 180.0)
-        _check_range("brightness_limit", self.brightness_limit, 0.0, 1.0)
-        _check_range("contrast_limit", self.contrast_limit, 0.0, 1.0)
-        _check_range("noise_std", self.noise_std, 0.0, 1.0)
-        _check_range("coarse_dropout_size", self.coarse_dropout_size, 0.0, 1.0, low_open=True, high_open=True)
+            check_range(f"AugmentConfig.{name}", getattr(self, name), 0.0, 1.0)
+        check_range("AugmentConfig.shift_limit", self.shift_limit, 0.0, 1.0)
+        check_range("AugmentConfig.scale_limit", self.scale_limit, 0.0, 1.0, high_open=True)
+        check_range("AugmentConfig.rotate_limit", self.rotate_limit, 0.0, 180.0)
+        check_range("AugmentConfig.brightness_limit", self.brightness_limit, 0.0, 1.0)
+        check_range("AugmentConfig.contrast_limit", self.contrast_limit, 0.0, 1.0)
+        check_range("AugmentConfig.noise_std", self.noise_std, 0.0, 1.0)
+        check_range(
+            "AugmentConfig.coarse_dropout_size", self.coarse_dropout_size, 0.0, 1.0, low_open=True, high_open=True
+        )
         if self.blur_limit < 3:
             raise ValueError(f"AugmentConfig.blur_limit must be >= 3 (a blur kernel size), got {self.blur_limit}")
         for name in ("coarse_dropout_holes", "slice_dropout_max"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AugmentConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.depth_shift < 0:
-            raise ValueError(f"AugmentConfig.depth_shift must be >= 0, got {self.depth_shift}")
-
-
-def _check_range(
-    name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> None:
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high or value != value:  # value != value catches NaN
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"AugmentConfig.{name} must be in {interval}, got {value}")
+            check_int(f"AugmentConfig.{name}", getattr(self, name), minimum=1, allow_numpy=True)
+        check_int("AugmentConfig.depth_shift", self.depth_shift, minimum=0, allow_numpy=True)
 
 
 def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -> np.ndarray:
@@ -257,8 +249,7 @@ class TileTransform:
     """
 
     def __init__(self, config: AugmentConfig | None, num_slices: int, *, train: bool) -> None:
-        if isinstance(num_slices, bool) or not isinstance(num_slices, (int, np.integer)) or num_slices < 1:
-            raise ValueError(f"TileTransform: num_slices must be a positive integer, got {num_slices!r}")
+        check_int("TileTransform num_slices", num_slices, minimum=1, allow_numpy=True)
         self.config = config
         self.num_slices = int(num_slices)
         self.train = train
