@@ -1,4 +1,4 @@
-"""InkPredictionWriter (callbacks/prediction_writer.py): PNGs, submission.csv, upsampling, atomic failure modes."""
+"""InkPredictionWriter (callbacks/prediction_writer.py): PNGs, submission.csv, formats, upsampling, failure modes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from callbacks import prediction_writer
-from callbacks.prediction_writer import InkPredictionWriter, full_resolution_bands
+from callbacks.prediction_writer import InkPredictionWriter
+from modules.resample import full_resolution_bands
 from utils.png import StreamingPngWriter
 from utils.rle import rle_decode
 
@@ -116,6 +117,24 @@ def test_explicit_threshold_wins_and_the_submission_can_be_skipped(tmp_path: Pat
     assert np.array_equal(_png(tmp_path / "a_mask.png") > 0, expected)
 
 
+def test_formats_choose_the_outputs(tmp_path: Path) -> None:
+    maps = {"a": _maps((8, 8), 0)}
+    writer = InkPredictionWriter(output_dir=str(tmp_path / "rle"), formats=["rle"])
+    _predict(StandIn(maps), writer, {"a": (8, 8)})
+    assert writer.written_paths == [tmp_path / "rle" / "submission.csv"]
+    expected = (maps["a"]["prob"] > 0.5) & maps["a"]["valid"]
+    assert np.array_equal(rle_decode(_submission(tmp_path / "rle" / "submission.csv")["a"], (8, 8)), expected)
+    writer = InkPredictionWriter(output_dir=str(tmp_path / "png"), formats=["png"])
+    _predict(StandIn(maps), writer, {"a": (8, 8)})
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a_mask.png", "a_prediction.png"]
+    assert InkPredictionWriter(formats=["png", "rle"], write_submission=False).formats == ["png"]
+    for bad in ([], ["png", "png"], ["tiff"]):
+        with pytest.raises(ValueError, match="formats"):
+            InkPredictionWriter(formats=bad)
+    with pytest.raises(ValueError, match="formats"):
+        InkPredictionWriter(formats=["rle"], write_submission=False)  # nothing left to write
+
+
 def test_maps_at_lower_resolution_are_upsampled_to_the_fragment_size(tmp_path: Path) -> None:
     # stitch_stride 2: stored maps are ceil(H / 2) x ceil(W / 2).
     full = (21, 30)
@@ -138,21 +157,6 @@ def test_maps_at_lower_resolution_are_upsampled_to_the_fragment_size(tmp_path: P
     assert np.array_equal(mask[6:], np.tile(prob[0] > 0.5, (full[0] - 6, 1)))
     submission = _submission(tmp_path / "submission.csv")
     assert np.array_equal(rle_decode(submission["a"], full), mask)
-
-
-def test_bands_do_not_depend_on_the_band_size() -> None:
-    rng = np.random.default_rng(1)
-    prob = rng.random((6, 5), dtype=np.float32)
-    valid = rng.random((6, 5)) < 0.5
-    parts = {b: list(full_resolution_bands(prob, valid, (12, 9), band_pixels=b)) for b in (9, 20, 1000)}
-    whole = [np.concatenate([p for p, _ in parts[b]]) for b in parts]
-    flags = [np.concatenate([v for _, v in parts[b]]) for b in parts]
-    assert len(parts[9]) == 12 and len(parts[1000]) == 1
-    assert all(np.allclose(w, whole[0]) for w in whole) and all(np.array_equal(f, flags[0]) for f in flags)
-    assert np.array_equal(flags[0], np.repeat(np.repeat(valid, 2, 0), 2, 1)[:12, :9])
-    # At full resolution the maps come back unchanged.
-    same = list(full_resolution_bands(prob, valid, (6, 5), band_pixels=10))
-    assert np.array_equal(np.concatenate([p for p, _ in same]), prob)
 
 
 def test_unwritable_output_dir_fails_before_prediction_and_writes_nothing(tmp_path: Path) -> None:
