@@ -1,30 +1,47 @@
-"""InkModule: the LightningModule wiring InkNet, InkLoss, the optimizer and whole-fragment evaluation."""
+"""InkModule: the LightningModule wiring InkNet, InkLoss, the optimizer and whole-fragment evaluation.
+
+Its settings come in four checked groups, each described once where it is used: `NetConfig` (``--model.net.*``),
+`LossConfig` (``--model.loss.*``), `EvalConfig` (``--model.eval.*``) and `OptimConfig` (``--model.optim.*``).
+Checkpoints saved before the grouping (flat ``encoder``, ``lr``, ...) still load: see `group_legacy_hparams`.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import io
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities.model_helpers import _restricted_classmethod
 from torch import Tensor
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from modules.components.ink_net import build_net
-from modules.losses import InkLoss, check_finite
-from modules.metrics import fragment_scores, overall_scores
-from modules.param_groups import build_param_groups
-from modules.schedulers import build_budget_cosine, build_warmup_cosine
-from modules.stitching import FragmentStitcher, window_weights
+from modules.components.ink_net import NetConfig, build_net
+from modules.evaluation import (
+    EVAL_STAGES,
+    EvalConfig,
+    datamodule_tile_size,
+    eval_probabilities,
+    labelled_maps,
+    new_stitcher,
+    score_test,
+    score_validation,
+)
+from modules.losses import InkLoss, LossConfig, check_finite
+from modules.optimization import OptimConfig, configure_optimization
+from modules.stitching import FragmentStitcher
 from modules.tta import tta_predict
+from utils.checkpoints import load_checkpoint
 
-# Lightning's stage names, as passed to `InkDataModule.fragment_shapes`, keyed by metric prefix.
-_EVAL_STAGES = {"val": "validate", "test": "test", "predict": "predict"}
+# The settings groups: init argument (and hyperparameter) name → its dataclass.
+SETTINGS_GROUPS: dict[str, type] = {"net": NetConfig, "loss": LossConfig, "eval": EvalConfig, "optim": OptimConfig}
+# Settings that change what the network computes without changing any tensor's shape (a 3-D encoder takes any
+# depth), so a checkpoint's state_dict alone cannot tell that it belongs to another model (see `shapeless_hparams`).
+SHAPELESS_SETTINGS = ("num_slices", "net.depth_pool")
 
 
 class InkModule(pl.LightningModule):
@@ -33,122 +50,47 @@ class InkModule(pl.LightningModule):
     Validation, test and prediction tiles are turned into probabilities (optionally averaged over the 8
     flips/rotations), blended into one map per fragment by a `FragmentStitcher`, summed across DDP ranks at
     epoch end and scored with F0.5 over each whole fragment: ``val/f05``, ``val/f05_best``, ``val/threshold``,
-    ``val/ap``. Test never tunes a threshold on itself: ``test/f05`` (at `threshold`), ``test/f05_val_threshold``
-    (at `val_threshold`, the best threshold of the latest validation, saved in checkpoints), ``test/ap``,
-    ``test/<fragment_id>/f05``, and the labelled upper bound ``test/f05_oracle``. The maps of the last evaluation are
-    kept in `last_eval_maps` (``{fragment_id: {"prob", "valid"[, "label"]}}``); they are set in the module's
-    ``on_{validation,test,predict}_epoch_end``, which Lightning runs after the callbacks' hooks of the same
-    name, so callbacks read them in ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``.
+    ``val/ap``. Test never tunes a threshold on itself: ``test/f05`` (at ``eval.threshold``),
+    ``test/f05_val_threshold`` (at `val_threshold`, the best threshold of the latest validation, saved in
+    checkpoints), ``test/ap``, ``test/<fragment_id>/f05``, and the labelled upper bound ``test/f05_oracle``. The maps
+    of the last evaluation are kept in `last_eval_maps` (``{fragment_id: {"prob", "valid"[, "label"]}}``); they are
+    set in the module's ``on_{validation,test,predict}_epoch_end``, which Lightning runs after the callbacks' hooks
+    of the same name, so callbacks read them in ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``.
+    Callbacks read the settings from `net_config`, `loss_config`, `eval_config` and `optim_config` (always the
+    dataclasses, whereas ``hparams`` holds what was given: dataclasses in Python, plain dicts from LightningCLI).
 
     Args:
-        num_slices: depth slices D per tile (the data module's ``num_slices``).
-        encoder: timm model name (2.5-D) or ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``tiny3d`` (3-D).
-        encoder_kind: ``auto`` (from the name), ``2d`` or ``3d``.
-        out_indices: encoder stages the decoder fuses; None: the encoder's default.
-        depth_pool: ``mean``, ``max`` or ``attention`` pooling of 3-D stages over depth.
-        decoder_channels: decoder widths, deepest level first; None derives them from the encoder.
-        deep_supervision: add losses on logits of the coarser decoder levels, weighted by `aux_weight`.
-        output_stride: logit map resolution relative to the tile: 1, 2 or 4.
-        pretrained: download the encoder's published weights (opt-in; needs network access).
-        pretrained_path: local encoder weights file.
-        encoder_kwargs: extra 3-D encoder arguments (``depth_strides``, ``widths``).
-        pos_weight: BCE weight of ink pixels.
-        bce_weight: weight of the BCE term.
-        dice_weight: weight of the Dice term.
-        label_smoothing: BCE label smoothing s (targets t(1 − s) + s/2).
-        edge_weight: extra BCE weight of pixels within `edge_width` px of an ink boundary.
-        edge_width: boundary half-width in pixels.
-        aux_weight: weight of the mean deep-supervision loss added to the main loss.
-        lr: peak learning rate of head and decoder.
-        layer_decay: per-stage learning-rate factor down the encoder (1: no decay).
-        weight_decay: weight decay (never on biases and norm parameters).
-        optimizer: callable building the optimizer from the named parameter groups (group lr/weight decay
+        num_slices: Depth slices D per tile (the data module's ``num_slices``).
+        net: The network (`NetConfig`).
+        loss: The training loss (`LossConfig`).
+        eval: Stitching, TTA and threshold of validation, test and prediction (`EvalConfig`).
+        optim: Learning rates, weight decay, warm-up and encoder freezing (`OptimConfig`).
+        optimizer: Callable building the optimizer from the named parameter groups (group lr/weight decay
             override its defaults).
-        scheduler: callable building an LR scheduler from the optimizer; None: linear warm-up over
-            `warmup_fraction` of the run, then cosine, stepped every optimizer step.
-        warmup_fraction: share of the run spent warming up (default scheduler).
-        freeze_encoder_epochs: train with a frozen encoder backbone (no grads, BatchNorm in eval mode) for
-            this many epochs first.
-        window: stitching window: ``hann``, ``gaussian`` or ``uniform``.
-        tta: average probabilities over the 8 flips/rotations at validation, test and prediction.
-        threshold: probability threshold of ``f05``.
-        stitch_stride: stitched maps are kept at 1/stitch_stride resolution (memory of large fragments).
+        scheduler: Callable building an LR scheduler from the optimizer; None: linear warm-up over
+            ``optim.warmup_fraction`` of the run, then cosine, stepped every optimizer step.
     """
 
     def __init__(
         self,
         num_slices: int = 30,
-        encoder: str = "resnet10t",
-        encoder_kind: str = "auto",
-        out_indices: list[int] | None = None,
-        depth_pool: str = "mean",
-        decoder_channels: list[int] | None = None,
-        deep_supervision: bool = False,
-        output_stride: int = 1,
-        pretrained: bool = False,
-        pretrained_path: str | None = None,
-        encoder_kwargs: dict[str, Any] | None = None,
-        pos_weight: float = 1.0,
-        bce_weight: float = 0.5,
-        dice_weight: float = 0.5,
-        label_smoothing: float = 0.0,
-        edge_weight: float = 0.0,
-        edge_width: int = 3,
-        aux_weight: float = 0.4,
-        lr: float = 1e-3,
-        layer_decay: float = 1.0,
-        weight_decay: float = 1e-2,
+        net: NetConfig = NetConfig(),  # noqa: B008 - the defaults; copied below
+        loss: LossConfig = LossConfig(),  # noqa: B008
+        eval: EvalConfig = EvalConfig(),  # noqa: B008
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
-        warmup_fraction: float = 0.05,
-        freeze_encoder_epochs: int = 0,
-        window: str = "hann",
-        tta: bool = False,
-        threshold: float = 0.5,
-        stitch_stride: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        if freeze_encoder_epochs < 0:
-            raise ValueError(f"freeze_encoder_epochs must be >= 0, got {freeze_encoder_epochs}")
-        if aux_weight < 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
-        if isinstance(stitch_stride, bool) or not isinstance(stitch_stride, int) or stitch_stride < 1:
-            raise ValueError(f"stitch_stride must be a positive int, got {stitch_stride!r}")
-        window_weights(stitch_stride, window, stitch_stride)  # rejects an unknown window now, not at validation
-        # Fail at construction, not after the first epoch, on settings the optimizer would reject.
-        if not lr > 0 or weight_decay < 0 or not 0 < layer_decay <= 1:
-            raise ValueError(
-                f"need lr > 0, weight_decay >= 0 and 0 < layer_decay <= 1; got lr={lr}, "
-                f"weight_decay={weight_decay}, layer_decay={layer_decay}"
-            )
+        self.net_config = dataclasses.replace(net)
+        self.loss_config = dataclasses.replace(loss)
+        self.eval_config = dataclasses.replace(eval)
+        self.optim_config = dataclasses.replace(optim)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.net = build_net(
-            num_slices,
-            encoder=encoder,
-            encoder_kind=encoder_kind,
-            out_indices=out_indices,
-            depth_pool=depth_pool,
-            decoder_channels=decoder_channels,
-            deep_supervision=deep_supervision,
-            output_stride=output_stride,
-            pretrained=pretrained,
-            pretrained_path=pretrained_path,
-            encoder_kwargs=encoder_kwargs,
-        )
-        self.loss = InkLoss(
-            pos_weight=pos_weight,
-            bce_weight=bce_weight,
-            dice_weight=dice_weight,
-            label_smoothing=label_smoothing,
-            edge_weight=edge_weight,
-            edge_width=edge_width,
-        )
+        self.net = build_net(num_slices, self.net_config)
+        self.loss = InkLoss(self.loss_config)
         self.encoder_frozen = False
         self.stitcher: FragmentStitcher | None = None
         self.last_eval_maps: dict[str, dict[str, np.ndarray]] = {}
@@ -157,6 +99,34 @@ class InkModule(pl.LightningModule):
         # The best-F0.5 threshold of the latest validation; test also reports F0.5 at it (never tuned on test).
         self.val_threshold: float | None = None
 
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Any | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Any | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> InkModule:
+        """`LightningModule.load_from_checkpoint`, also of checkpoints saved before the settings were grouped.
+
+        Such a checkpoint's flat hyperparameters (``encoder``, ``lr``, ...) are moved into their groups first
+        (`group_legacy_hparams`); other checkpoints are handed to Lightning unchanged.
+        """
+        if isinstance(checkpoint_path, str | bytes) or hasattr(checkpoint_path, "__fspath__"):
+            checkpoint = load_checkpoint(checkpoint_path, what="checkpoint_path")
+            hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+            grouped = group_legacy_hparams(hparams)
+            if grouped != hparams:
+                checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = grouped
+                checkpoint_path = io.BytesIO()
+                torch.save(checkpoint, checkpoint_path)
+                checkpoint_path.seek(0)
+        return super().load_from_checkpoint(  # type: ignore[misc]
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
+
     # ------------------------------------------------------------------------------------------ model
 
     def forward(self, image: Tensor) -> Tensor:
@@ -164,8 +134,8 @@ class InkModule(pl.LightningModule):
         return self.net(image)
 
     def predict_probabilities(self, image: Tensor) -> Tensor:
-        """float32 probabilities [B, 1, T, T], averaged over flips/rotations when ``tta`` is on."""
-        if self.hparams.tta:
+        """float32 probabilities [B, 1, T, T], averaged over flips/rotations when ``eval.tta`` is on."""
+        if self.eval_config.tta:
             return tta_predict(self.net, image, "flips+rot90")
         return torch.sigmoid(self.net(image).float())
 
@@ -182,52 +152,14 @@ class InkModule(pl.LightningModule):
         if out["aux"]:
             aux = torch.stack([self.loss(a, label, valid) for a in out["aux"]]).mean()
             self.log("train/aux_loss", aux, on_step=False, on_epoch=True, batch_size=image.shape[0])
-            loss = loss + self.hparams.aux_weight * aux
+            loss = loss + self.loss_config.aux_weight * aux
         check_finite(loss, "train/loss", self.global_step)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=image.shape[0])
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimizer over named parameter groups, and a scheduler stepped every optimizer step."""
-        hp = self.hparams
-        groups = build_param_groups(self.net, hp.lr, hp.weight_decay, hp.layer_decay)
-        optimizer = self.optimizer(groups)
-        if self.scheduler is not None:
-            scheduler = self.scheduler(optimizer)
-            if isinstance(scheduler, ReduceLROnPlateau):
-                config = {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"}
-            else:
-                config = {"scheduler": scheduler, "interval": "step"}
-        else:
-            total = self.trainer.estimated_stepping_batches
-            budget = _time_budget(self.trainer)
-            if budget is not None:
-                # The run ends at max_time (or max_steps, whichever comes first): the schedule follows the budget.
-                steps = int(total) if math.isfinite(total) and total >= 1 else None
-                scheduler = build_budget_cosine(
-                    optimizer, lambda step: self._budget_progress(step, steps, budget), hp.warmup_fraction
-                )
-            elif math.isfinite(total) and total >= 1:
-                scheduler = build_warmup_cosine(optimizer, int(total), hp.warmup_fraction)
-            else:
-                raise ValueError(
-                    f"the warm-up + cosine schedule needs a finite run, got {total} steps: "
-                    "set trainer.max_time, trainer.max_epochs or trainer.max_steps"
-                )
-            config = {"scheduler": scheduler, "interval": "step"}
-        return {"optimizer": optimizer, "lr_scheduler": {**config, "frequency": 1, "name": "lr"}}
-
-    def _budget_progress(self, step: int, steps: int | None, budget: Timer) -> float:
-        """Share of the run done: the larger of steps taken / max_steps and time spent / max_time.
-
-        Under DDP the ranks agree on the slowest clock, so every rank applies the same learning rate.
-        """
-        progress = step / steps if steps else 0.0
-        elapsed = budget.time_elapsed("train") / float(budget._duration)
-        trainer = self._trainer
-        if trainer is not None and getattr(trainer, "world_size", 1) > 1:
-            elapsed = float(trainer.strategy.reduce(torch.tensor(elapsed, device=self.device), reduce_op="max"))
-        return min(1.0, max(progress, elapsed))
+        return configure_optimization(self, self.optim_config, self.optimizer, self.scheduler)
 
     # ------------------------------------------------------------------------------------------ freezing
 
@@ -252,58 +184,30 @@ class InkModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         """Rejects encoder freezing under DDP without unused-parameter detection (DDP would fail mid-run)."""
         strategy = self.trainer.strategy
-        if self.hparams.freeze_encoder_epochs > 0 and isinstance(strategy, DDPStrategy):
+        if self.optim_config.freeze_encoder_epochs > 0 and isinstance(strategy, DDPStrategy):
             if not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
                 raise ValueError(
-                    "freeze_encoder_epochs > 0 under DDP leaves the encoder without gradients: use "
+                    "optim.freeze_encoder_epochs > 0 under DDP leaves the encoder without gradients: use "
                     "trainer.strategy=ddp_find_unused_parameters_true, or freeze_encoder_epochs=0"
                 )
 
     def on_train_epoch_start(self) -> None:
         """Freezes the encoder for the first `freeze_encoder_epochs` epochs, then unfreezes it."""
-        if self.hparams.freeze_encoder_epochs > 0:
-            self.set_encoder_frozen(self.current_epoch < self.hparams.freeze_encoder_epochs)
+        epochs = self.optim_config.freeze_encoder_epochs
+        if epochs > 0:
+            self.set_encoder_frozen(self.current_epoch < epochs)
 
     # ------------------------------------------------------------------------------------------ evaluation
 
-    def _tile_size(self) -> int | None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        size = getattr(datamodule, "tile_size", None)
-        hparams = getattr(datamodule, "hparams", None)
-        if size is None and isinstance(hparams, Mapping):
-            size = hparams.get("tile_size")
-        return int(size) if size is not None else None
-
-    def _new_stitcher(self, prefix: str, tile_size: int | None) -> None:
-        """Allocates the stitcher from the data module's fragment shapes (lazily if the tile size is unknown)."""
-        stage = _EVAL_STAGES[prefix]
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not callable(getattr(datamodule, "fragment_shapes", None)):
-            raise RuntimeError(
-                f"InkModule stitches {stage} tiles into whole fragments and needs a data module with "
-                f"fragment_shapes('{stage}') (e.g. InkDataModule); got {type(datamodule).__name__}. "
-                "Pass datamodule=..., not bare dataloaders."
-            )
-        self.stitcher = None
-        if tile_size is not None:
-            self.stitcher = FragmentStitcher(
-                datamodule.fragment_shapes(stage),
-                tile_size,
-                window=self.hparams.window,
-                stride=self.hparams.stitch_stride,
-            )
+    def _start_eval(self, prefix: str) -> None:
+        """Allocates the stitcher of an evaluation stage (lazily, at the first batch, if the tile size is unknown)."""
+        self.stitcher = new_stitcher(self.trainer, prefix, datamodule_tile_size(self.trainer), self.eval_config)
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> Tensor:
         image = batch["image"]
         if self.stitcher is None:
-            self._new_stitcher(prefix, int(image.shape[-1]))
-        if self.hparams.tta:
-            probs = tta_predict(self.net, image, "flips+rot90")
-            # The loss of the averaged probabilities, so TTA costs no extra forward pass.
-            logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-        else:
-            logits = self.net(image).float()
-            probs = torch.sigmoid(logits)
+            self.stitcher = new_stitcher(self.trainer, prefix, int(image.shape[-1]), self.eval_config)
+        probs, logits = eval_probabilities(self.net, image, self.eval_config.tta)
         valid = batch.get("valid")
         if valid is None:
             valid = torch.ones_like(probs)
@@ -321,45 +225,23 @@ class InkModule(pl.LightningModule):
             return
         stitcher.reduce()
         self.last_eval_maps = {fid: stitcher.result(fid) for fid in stitcher.fragment_ids}
-        self.last_eval_stage = _EVAL_STAGES[prefix]
+        self.last_eval_stage = EVAL_STAGES[prefix]
         self.last_eval_scores = {}
         if prefix == "predict" or self.trainer.sanity_checking:
             return
-        labelled = {fid: maps for fid, maps in self.last_eval_maps.items() if "label" in maps and maps["valid"].any()}
+        labelled = labelled_maps(self.last_eval_maps)
         if not labelled:
             return
-        threshold = self.hparams.threshold
-        overall = overall_scores(list(labelled.values()), threshold)
+        threshold = self.eval_config.threshold
         if prefix == "val":
-            self.val_threshold = overall["threshold"]
-            scores = {f"val/{k}": v for k, v in overall.items()}
+            scores = score_validation(labelled, threshold)
+            self.val_threshold = scores["val/threshold"]
         else:
-            scores = self._test_scores(overall, labelled, prefix)
+            scores = score_test(labelled, threshold, self.val_threshold, prefix)
         self.last_eval_scores = scores
         # Every rank holds the same reduced maps, hence the same scores; sync_dist only averages equal values.
         for name, value in scores.items():
             self.log(name, value, sync_dist=True, prog_bar=name == f"{prefix}/f05")
-
-    def _test_scores(
-        self, overall: dict[str, float], labelled: dict[str, dict[str, np.ndarray]], prefix: str
-    ) -> dict[str, float]:
-        """Test scores at the fixed threshold and at the one validation chose; a sweep on test is an oracle."""
-        threshold = self.hparams.threshold
-        scores = {
-            f"{prefix}/f05": overall["f05"],
-            f"{prefix}/ap": overall["ap"],
-            f"{prefix}/f05_oracle": overall["f05_best"],
-            f"{prefix}/threshold_oracle": overall["threshold"],
-        }
-        if self.val_threshold is not None:
-            maps = list(labelled.values())
-            scores[f"{prefix}/f05_val_threshold"] = overall_scores(maps, self.val_threshold)["f05"]
-            scores[f"{prefix}/val_threshold"] = self.val_threshold
-        for fid, maps in labelled.items():
-            scores[f"{prefix}/{fid}/f05"] = fragment_scores(maps["prob"], maps["label"], maps["valid"], threshold)[
-                "f05"
-            ]
-        return scores
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keeps the threshold chosen on validation with the weights it was chosen for."""
@@ -373,7 +255,7 @@ class InkModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         """Allocates the validation stitcher."""
-        self._new_stitcher("val", self._tile_size())
+        self._start_eval("val")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Stitches the batch's probabilities and logs ``val/loss``."""
@@ -385,7 +267,7 @@ class InkModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         """Allocates the test stitcher."""
-        self._new_stitcher("test", self._tile_size())
+        self._start_eval("test")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Stitches the batch's probabilities and logs ``test/loss``."""
@@ -397,7 +279,7 @@ class InkModule(pl.LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         """Allocates the prediction stitcher."""
-        self._new_stitcher("predict", self._tile_size())
+        self._start_eval("predict")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Stitches the batch and returns ``{"prob": [B, 1, T, T], "fragment": ids, "yx": [B, 2]}``."""
@@ -409,9 +291,32 @@ class InkModule(pl.LightningModule):
         self._finish_eval("predict")
 
 
-def _time_budget(trainer: pl.Trainer) -> Timer | None:
-    """The Trainer's ``max_time`` timer, if the run has a time budget."""
-    for callback in getattr(trainer, "callbacks", None) or []:
-        if isinstance(callback, Timer) and callback._duration is not None:
-            return callback
-    return None
+def group_legacy_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of a checkpoint saved before the settings were grouped, in today's layout.
+
+    Flat settings (``encoder``, ``lr``, ``threshold``, ...) move into their group (``net``, ``optim``, ``eval``,
+    ...), as their saver would have stored them: plain dicts for LightningCLI (``_instantiator`` present),
+    dataclasses otherwise. Grouped hyperparameters come back unchanged (as a new dict).
+    """
+    grouped = dict(hparams)
+    for group, config_type in SETTINGS_GROUPS.items():
+        flat = {f.name: grouped.pop(f.name) for f in dataclasses.fields(config_type) if f.name in grouped}
+        if flat:
+            grouped[group] = flat if "_instantiator" in grouped else config_type(**flat)
+    return grouped
+
+
+def shapeless_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The `SHAPELESS_SETTINGS` found in hyperparameters of any layout (flat, grouped dicts or dataclasses).
+
+    Keyed by dotted name (``net.depth_pool``); a setting that is absent is left out.
+    """
+    grouped = group_legacy_hparams(hparams)
+    found = {}
+    for name in SHAPELESS_SETTINGS:
+        value: Any = grouped
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+        if value is not None:
+            found[name] = value
+    return found

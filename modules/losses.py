@@ -1,12 +1,19 @@
-"""The training loss: BCE with logits + soft Dice over valid pixels, in float32."""
+"""The training loss, BCE with logits + soft Dice over valid pixels in float32, and `LossConfig`, its settings.
+
+A new loss term is a `LossConfig` field (described and checked there, hence ``--model.loss.<name>``) and a term in
+`InkLoss.forward`.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from utils.checks import check_int, check_non_negative, check_range
 
 
 def ink_boundary(label: Tensor, width: int) -> Tensor:
@@ -25,60 +32,73 @@ def ink_boundary(label: Tensor, width: int) -> Tensor:
     return dilated - eroded
 
 
+@dataclass
+class LossConfig:
+    """The training loss's settings (``--model.loss.*``), checked when built.
+
+    Attributes:
+        pos_weight: BCE weight of ink pixels (> 0); > 1 penalises missed ink more.
+        bce_weight: Weight of the BCE term (>= 0).
+        dice_weight: Weight of the Dice term (>= 0; not both weights 0).
+        label_smoothing: BCE label smoothing s in [0, 1): targets ``t·(1 − s) + s/2``.
+        edge_weight: Extra BCE weight of pixels within `edge_width` px of an ink boundary (>= 0).
+        edge_width: Half-width of the boundary band in pixels (>= 1).
+        aux_weight: Weight of the mean deep-supervision loss added to the main loss (>= 0; used with
+            ``net.deep_supervision``).
+    """
+
+    pos_weight: float = 1.0
+    bce_weight: float = 0.5
+    dice_weight: float = 0.5
+    label_smoothing: float = 0.0
+    edge_weight: float = 0.0
+    edge_width: int = 3
+    aux_weight: float = 0.4
+
+    def __post_init__(self) -> None:
+        """Rejects weights that would make the loss meaningless or fail on the first batch."""
+        if not (self.pos_weight > 0 and math.isfinite(self.pos_weight)):
+            raise ValueError(f"pos_weight must be a positive number, got {self.pos_weight}")
+        bce, dice = self.bce_weight, self.dice_weight
+        if bce < 0 or dice < 0 or bce + dice <= 0:
+            raise ValueError(f"bce_weight ({bce}) and dice_weight ({dice}) must be >= 0 and not both 0")
+        check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        check_non_negative("edge_weight", self.edge_weight)
+        check_int("edge_width", self.edge_width, minimum=1)
+        check_non_negative("aux_weight", self.aux_weight)
+
+
 class InkLoss(nn.Module):
     """``bce_weight × BCE + dice_weight × (1 − soft Dice)``, on valid pixels only.
 
     - BCE uses `pos_weight` (a buffer: saved in the state dict, moved by ``.to()``) and, when
-      `label_smoothing` s > 0, targets ``t·(1 − s) + s/2``.
+      `label_smoothing` s > 0, smoothed targets.
     - `edge_weight` > 0 weighs the BCE of pixels within `edge_width` px of an ink boundary by
       ``1 + edge_weight`` (the BCE is the weighted mean over valid pixels).
     - Dice is one soft Dice over all valid pixels of the batch (tiles without ink do not produce 0/0),
       against the unsmoothed labels.
     - Everything runs in float32 with autocast disabled, so bf16/fp16 training cannot underflow the loss.
 
-    The loss does not check for NaN/inf itself; `InkModule.training_step` does (see `check_finite`).
+    The loss does not check for NaN/inf itself; `InkModule.training_step` does (see `check_finite`). Deep
+    supervision (``aux_weight``) is the module's: it applies this loss to each auxiliary output.
 
     Args:
-        pos_weight: BCE weight of ink pixels (> 0); > 1 penalises missed ink more.
-        bce_weight: weight of the BCE term (>= 0).
-        dice_weight: weight of the Dice term (>= 0).
-        label_smoothing: s in [0, 1).
-        edge_weight: extra BCE weight near ink boundaries (>= 0).
-        edge_width: half-width of the boundary band in pixels (>= 1).
-        smooth: additive smoothing of the Dice ratio.
+        config: The weights and their meaning (`LossConfig`); None: the defaults.
+        smooth: Additive smoothing of the Dice ratio (> 0).
     """
 
     pos_weight: Tensor
 
-    def __init__(
-        self,
-        pos_weight: float = 1.0,
-        bce_weight: float = 0.5,
-        dice_weight: float = 0.5,
-        label_smoothing: float = 0.0,
-        edge_weight: float = 0.0,
-        edge_width: int = 3,
-        smooth: float = 1.0,
-    ) -> None:
+    def __init__(self, config: LossConfig | None = None, smooth: float = 1.0) -> None:
         super().__init__()
-        if not (pos_weight > 0 and math.isfinite(pos_weight)):
-            raise ValueError(f"pos_weight must be a positive number, got {pos_weight}")
-        if bce_weight < 0 or dice_weight < 0 or bce_weight + dice_weight <= 0:
-            raise ValueError(f"bce_weight ({bce_weight}) and dice_weight ({dice_weight}) must be >= 0 and not both 0")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if edge_weight < 0:
-            raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
-        if edge_width < 1:
-            raise ValueError(f"edge_width must be >= 1 pixel, got {edge_width}")
-        if smooth <= 0:
-            raise ValueError(f"smooth must be > 0, got {smooth}")
-        self.register_buffer("pos_weight", torch.tensor([float(pos_weight)]))
-        self.bce_weight = bce_weight
-        self.dice_weight = dice_weight
-        self.label_smoothing = label_smoothing
-        self.edge_weight = edge_weight
-        self.edge_width = edge_width
+        config = LossConfig() if config is None else config
+        check_range("smooth", smooth, 0.0, low_open=True)
+        self.register_buffer("pos_weight", torch.tensor([float(config.pos_weight)]))
+        self.bce_weight = config.bce_weight
+        self.dice_weight = config.dice_weight
+        self.label_smoothing = config.label_smoothing
+        self.edge_weight = config.edge_weight
+        self.edge_width = config.edge_width
         self.smooth = smooth
 
     def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -131,6 +151,6 @@ def check_finite(loss: Tensor, name: str, step: int) -> None:
     if not torch.isfinite(loss.detach()).all():
         raise FloatingPointError(
             f"{name} is {loss.detach().float().item()} at global step {step}: training diverged. "
-            "Lower the learning rate (model.lr), clip gradients (trainer.gradient_clip_val), "
+            "Lower the learning rate (model.optim.lr), clip gradients (trainer.gradient_clip_val), "
             "or use bf16 instead of fp16 mixed precision (trainer.precision=bf16-mixed)."
         )

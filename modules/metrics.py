@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torchmetrics.classification import BinaryFBetaScore, BinaryPrecisionRecallCurve
 
+from utils.checks import check_int, check_range
+
 __all__ = ["InkScoreAccumulator", "fbeta_at", "fragment_scores", "overall_scores"]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -168,12 +170,9 @@ class InkScoreAccumulator:
         with_curve: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) or num_thresholds < 2:
-            raise ValueError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
-        if not float(beta) > 0:
-            raise ValueError(f"beta must be positive, got {beta}")
+        check_range("threshold", float(threshold), 0.0, 1.0)
+        check_int("num_thresholds", num_thresholds, minimum=2)
+        check_range("beta", float(beta), 0.0, low_open=True)
         self.threshold = float(threshold)
         self.beta = float(beta)
         self.device = torch.device(device)

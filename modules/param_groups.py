@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from utils.checks import check_non_negative, check_range
+
 NO_DECAY_SUFFIX = ".no_decay"
 
 
@@ -27,6 +29,13 @@ def _split(name: str, params: list[nn.Parameter], lr: float, weight_decay: float
             }
         )
     return groups
+
+
+def check_lr_settings(lr: float, weight_decay: float, layer_decay: float) -> None:
+    """Raises ValueError unless lr > 0, weight_decay >= 0 and 0 < layer_decay <= 1 (see `build_param_groups`)."""
+    check_range("lr", lr, 0.0, low_open=True)
+    check_non_negative("weight_decay", weight_decay)
+    check_range("layer_decay", layer_decay, 0.0, 1.0, low_open=True)
 
 
 def build_param_groups(net: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
@@ -53,12 +62,7 @@ def build_param_groups(net: nn.Module, lr: float, weight_decay: float, layer_dec
     Returns:
         The list of groups; every parameter of `net` is in exactly one.
     """
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if not 0 < layer_decay <= 1:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    check_lr_settings(lr, weight_decay, layer_decay)
     for part in ("encoder", "decoder", "head"):
         if not isinstance(getattr(net, part, None), nn.Module):
             raise ValueError(f"build_param_groups needs a net with an `{part}` module, got {type(net).__name__}")

@@ -8,6 +8,13 @@ from collections.abc import Callable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from utils.checks import check_range
+
+
+def check_warmup_fraction(warmup_fraction: float) -> None:
+    """Raises ValueError unless the share of the run spent warming up is in [0, 1)."""
+    check_range("warmup_fraction", warmup_fraction, 0.0, 1.0, high_open=True)
+
 
 def warmup_cosine_factor(total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> Callable[[int], float]:
     """The factor of step s: linear from 1/warmup_steps to 1 over the warm-up, then cosine down to `min_lr_ratio`."""
@@ -37,10 +44,8 @@ def build_warmup_cosine(
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    check_warmup_fraction(warmup_fraction)
+    check_range("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
     warmup_steps = int(round(warmup_fraction * total_steps))
     return LambdaLR(optimizer, warmup_cosine_factor(total_steps, warmup_steps, min_lr_ratio))
 
@@ -68,6 +73,5 @@ def build_budget_cosine(
         warmup_fraction: share of the run spent warming up, in [0, 1).
         min_lr_ratio: final lr as a fraction of the peak, in [0, 1].
     """
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    check_warmup_fraction(warmup_fraction)
     return LambdaLR(optimizer, lambda step: progress_factor(progress(step), warmup_fraction, min_lr_ratio))

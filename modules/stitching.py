@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from utils.checks import check_int
+
 __all__ = ["FragmentStitcher", "window_weights"]
 
 WINDOW_KINDS = ("hann", "gaussian", "uniform")
@@ -39,10 +41,8 @@ _RESULT_BLOCK_NUMEL = 1 << 24
 
 
 def _check_tile_and_stride(tile_size: int, stride: int) -> None:
-    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= 0:
-        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    check_int("tile_size", tile_size, minimum=1)
+    check_int("stride", stride, minimum=1)
     if tile_size % stride != 0:
         raise ValueError(f"stride={stride} must divide tile_size={tile_size}")
 

@@ -26,7 +26,7 @@ from pytorch_lightning.demos.boring_classes import BoringModel
 from datamodules.transforms import AugmentConfig
 from lightning_app.checkpoint_io import AtomicCheckpointIO
 from lightning_app.cli import cli_main
-from modules.components.ink_net import build_net
+from modules.components.ink_net import NetConfig, build_net
 from modules.ink_module import InkModule
 from tests.test_cli import REPO, make_data, run_script, temp_files, write_config
 from utils.checkpoints import SAFE_TYPES, UnsafeCheckpointError, load_checkpoint
@@ -176,7 +176,7 @@ def test_script_refuses_a_crafted_ckpt_path_in_one_line(run: TinyRun, in_tmp: Pa
 
 def test_cli_refuses_a_crafted_pretrained_path(run: TinyRun, in_tmp: Path, payload: Path) -> None:
     with pytest.raises(UnsafeCheckpointError) as error:
-        build_net(4, "tiny3d", pretrained_path=str(payload))
+        build_net(4, NetConfig(encoder="tiny3d", pretrained_path=str(payload)))
     assert_refused(error.value, payload)
     config = write_config(in_tmp, run.data_dir)
     with pytest.raises(UnsafeCheckpointError, match="pretrained_path '.*crafted.ckpt' holds objects"):

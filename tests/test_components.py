@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from modules.components import DepthPool, InkNet, TimmEncoder2d, build_encoder3d, build_net
+from modules.components import DepthPool, InkNet, NetConfig, TimmEncoder2d, build_encoder3d, build_net
 from modules.components.weights import adapt_input_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("output_stride", [1, 2, 4])
 def test_resnet10t_net_gives_tile_sized_logits_at_each_output_stride(output_stride: int) -> None:
-    net = build_net(6, "resnet10t", output_stride=output_stride).eval()
+    net = build_net(6, NetConfig(encoder="resnet10t", output_stride=output_stride)).eval()
     sizes: list[tuple[int, ...]] = []
     net.head.logit.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape)))
     with torch.no_grad():
@@ -27,7 +27,7 @@ def test_resnet10t_net_gives_tile_sized_logits_at_each_output_stride(output_stri
 
 
 def test_output_stride_four_is_bilinear_upsampling_of_a_quarter_map() -> None:
-    net = build_net(4, "tiny3d", encoder_kwargs={"widths": (4, 8)}, output_stride=4).eval()
+    net = build_net(4, NetConfig(encoder="tiny3d", encoder_kwargs={"widths": (4, 8)}, output_stride=4)).eval()
     image = torch.randn(1, 4, 32, 32)
     with torch.no_grad():
         levels = net.decoder(net.encoder(image))
@@ -99,7 +99,7 @@ def test_video_resnet_depth_strides_are_configurable_and_checked() -> None:
 
 @pytest.mark.parametrize("mode", ["mean", "max", "attention"])
 def test_tiny3d_net_with_each_depth_pool_trains_every_parameter(mode: str) -> None:
-    net = build_net(8, "tiny3d", depth_pool=mode, encoder_kwargs={"widths": (4, 8, 16)})
+    net = build_net(8, NetConfig(encoder="tiny3d", depth_pool=mode, encoder_kwargs={"widths": (4, 8, 16)}))
     logits = net(torch.randn(2, 8, 32, 32))
     assert logits.shape == (2, 1, 32, 32)
     logits.mean().backward()
@@ -125,7 +125,7 @@ def test_depth_pools_reduce_depth_as_documented() -> None:
 
 
 def test_deep_supervision_returns_tile_sized_aux_logits_and_forward_stays_a_tensor() -> None:
-    net = build_net(6, "resnet10t", out_indices=(1, 2, 3, 4), deep_supervision=True).eval()
+    net = build_net(6, NetConfig(encoder="resnet10t", out_indices=(1, 2, 3, 4), deep_supervision=True)).eval()
     image = torch.randn(2, 6, 64, 64)
     with torch.no_grad():
         out = net.forward_with_aux(image)
@@ -133,30 +133,30 @@ def test_deep_supervision_returns_tile_sized_aux_logits_and_forward_stays_a_tens
     assert isinstance(plain, torch.Tensor) and torch.allclose(plain, out["logits"])
     assert len(out["aux"]) == len(net.decoder.level_channels) - 1 == 2
     assert all(a.shape == (2, 1, 64, 64) for a in out["aux"])
-    assert build_net(6, "resnet10t").forward_with_aux(image)["aux"] == []
+    assert build_net(6, NetConfig(encoder="resnet10t")).forward_with_aux(image)["aux"] == []
 
 
 def test_decoder_and_head_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="decoder_channels"):
-        build_net(6, "resnet10t", out_indices=(1, 2, 3), decoder_channels=[64, 32, 16])
-    net = build_net(6, "resnet10t", out_indices=(1, 2, 3), decoder_channels=[48, 24])
+        build_net(6, NetConfig(encoder="resnet10t", out_indices=(1, 2, 3), decoder_channels=[64, 32, 16]))
+    net = build_net(6, NetConfig(encoder="resnet10t", out_indices=(1, 2, 3), decoder_channels=[48, 24]))
     assert net.decoder.level_channels == [48, 24]
     with pytest.raises(ValueError, match="output_stride"):
-        build_net(6, "resnet10t", output_stride=3)
+        build_net(6, NetConfig(encoder="resnet10t", output_stride=3))
     with pytest.raises(ValueError, match="deep_supervision"):
-        build_net(6, "resnet10t", out_indices=(3, 4), deep_supervision=True)
+        build_net(6, NetConfig(encoder="resnet10t", out_indices=(3, 4), deep_supervision=True))
     with pytest.raises(ValueError, match="not divisible"):
-        build_net(6, "resnet10t", output_stride=4)(torch.randn(1, 6, 34, 34))
+        build_net(6, NetConfig(encoder="resnet10t", output_stride=4))(torch.randn(1, 6, 34, 34))
     with pytest.raises(ValueError, match="encoder_kind"):
-        build_net(6, "resnet10t", encoder_kind="3d")
+        build_net(6, NetConfig(encoder="resnet10t", encoder_kind="3d"))
     with pytest.raises(ValueError, match="3-D encoders only"):
-        build_net(6, "resnet10t", encoder_kwargs={"widths": (4,)})
+        build_net(6, NetConfig(encoder="resnet10t", encoder_kwargs={"widths": (4,)}))
     with pytest.raises(ValueError, match="depth_pool"):
-        build_net(6, "resnet10t", depth_pool="median")
+        build_net(6, NetConfig(encoder="resnet10t", depth_pool="median"))
 
 
 def test_single_stage_encoder_still_decodes() -> None:
-    net = build_net(4, "tiny3d", encoder_kwargs={"widths": (4, 8)}, out_indices=(1,))
+    net = build_net(4, NetConfig(encoder="tiny3d", encoder_kwargs={"widths": (4, 8)}, out_indices=(1,)))
     assert isinstance(net, InkNet)
     assert net(torch.randn(1, 4, 16, 16)).shape == (1, 1, 16, 16)
 
@@ -178,11 +178,11 @@ def test_pretrained_path_loads_a_timm_rgb_checkpoint_and_adapts_the_first_conv(t
 
 def test_pretrained_path_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        build_net(4, "resnet10t", pretrained_path=str(tmp_path / "missing.pth"))
+        build_net(4, NetConfig(encoder="resnet10t", pretrained_path=str(tmp_path / "missing.pth")))
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(ValueError, match="unrelated.pth"):
-        build_net(4, "resnet10t", pretrained_path=str(unrelated))
+        build_net(4, NetConfig(encoder="resnet10t", pretrained_path=str(unrelated)))
 
 
 def test_pretrained_path_reports_missing_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -197,10 +197,10 @@ def test_pretrained_path_reports_missing_keys(tmp_path: Path, caplog: pytest.Log
 
 def test_pretrained_path_round_trips_a_3d_encoder(tmp_path: Path) -> None:
     kwargs = {"widths": (4, 8)}
-    source = build_net(4, "tiny3d", encoder_kwargs=kwargs)
+    source = build_net(4, NetConfig(encoder="tiny3d", encoder_kwargs=kwargs))
     path = tmp_path / "tiny3d.pt"
     torch.save(source.encoder.state_dict(), path)
-    target = build_net(4, "tiny3d", encoder_kwargs=kwargs, pretrained_path=str(path))
+    target = build_net(4, NetConfig(encoder="tiny3d", encoder_kwargs=kwargs, pretrained_path=str(path)))
     for (name, a), b in zip(source.encoder.state_dict().items(), target.encoder.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

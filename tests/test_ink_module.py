@@ -13,10 +13,14 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader
 
+from modules.components.ink_net import NetConfig
+from modules.evaluation import EvalConfig
 from modules.ink_module import InkModule
 from modules.losses import InkLoss
+from modules.optimization import OptimConfig
 
-TINY = {"num_slices": 4, "encoder": "tiny3d", "encoder_kwargs": {"widths": [4, 8, 16]}}
+TINY_NET = {"encoder": "tiny3d", "encoder_kwargs": {"widths": [4, 8, 16]}}
+TINY = {"num_slices": 4, "net": NetConfig(**TINY_NET)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,7 +97,7 @@ def _trainer(**kwargs) -> pl.Trainer:
 
 
 def test_configure_optimizers_builds_named_groups_and_a_per_step_warmup_cosine() -> None:
-    module = InkModule(**TINY, lr=1e-2, layer_decay=0.5, warmup_fraction=0.1)
+    module = InkModule(**TINY, optim=OptimConfig(lr=1e-2, layer_decay=0.5, warmup_fraction=0.1))
     module.trainer = SimpleNamespace(estimated_stepping_batches=100)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
@@ -127,7 +131,7 @@ def test_injected_optimizer_and_scheduler_callables_are_used() -> None:
 
 def test_lightning_cli_injects_the_optimizer_class(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["fit"])  # pytest's own arguments are not the CLI's
-    args = ["--model.num_slices=4", "--model.encoder=tiny3d", "--model.optimizer=SGD", "--model.optimizer.lr=0.5"]
+    args = ["--model.num_slices=4", "--model.net.encoder=tiny3d", "--model.optimizer=SGD", "--model.optimizer.lr=0.5"]
     cli = LightningCLI(InkModule, run=False, args=args, save_config_callback=None)
     module = cli.model
     module.trainer = SimpleNamespace(estimated_stepping_batches=10)
@@ -150,7 +154,7 @@ def test_a_time_budget_drives_warmup_and_cosine(monkeypatch: pytest.MonkeyPatch)
     timer = Timer(duration="00:00:01:40")  # 100 s
     clock = {"elapsed": 0.0}
     monkeypatch.setattr(timer, "time_elapsed", lambda stage="train": clock["elapsed"])
-    module = InkModule(**TINY, lr=1e-2, warmup_fraction=0.1)
+    module = InkModule(**TINY, optim=OptimConfig(lr=1e-2, warmup_fraction=0.1))
     module.trainer = SimpleNamespace(estimated_stepping_batches=float("inf"), callbacks=[timer], world_size=1)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
@@ -178,7 +182,7 @@ def test_nan_loss_raises_naming_the_step() -> None:
 
 
 def test_set_encoder_frozen_toggles_grads_and_batchnorm_mode() -> None:
-    module = InkModule(**TINY, depth_pool="attention")
+    module = InkModule(num_slices=4, net=NetConfig(**TINY_NET, depth_pool="attention"))
     module.train()
     module.set_encoder_frozen(True)
     stage_params = [p for _, ps in module.net.encoder.stage_parameters() for p in ps]
@@ -211,7 +215,7 @@ class _Record(pl.Callback):
 
 def test_fit_test_predict_score_whole_fragments_and_freeze_the_encoder_first() -> None:
     data = TinyFragments()
-    module = InkModule(**TINY, lr=1e-2, freeze_encoder_epochs=1, stitch_stride=2)
+    module = InkModule(**TINY, optim=OptimConfig(lr=1e-2, freeze_encoder_epochs=1), eval=EvalConfig(stitch_stride=2))
     initial = {k: v.clone() for k, v in module.net.encoder.state_dict().items()}
     record = _Record()
     trainer = _trainer(max_epochs=2, limit_train_batches=3, callbacks=[record])
@@ -259,7 +263,7 @@ def test_fit_test_predict_score_whole_fragments_and_freeze_the_encoder_first() -
 
 
 def test_freezing_under_ddp_without_unused_parameter_detection_is_rejected() -> None:
-    module = InkModule(**TINY, freeze_encoder_epochs=1)
+    module = InkModule(**TINY, optim=OptimConfig(freeze_encoder_epochs=1))
     module.trainer = SimpleNamespace(strategy=pl.strategies.DDPStrategy())
     with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
         module.on_fit_start()
@@ -275,7 +279,7 @@ def test_evaluation_without_fragment_shapes_is_a_clear_error() -> None:
 
 
 def test_tta_predictions_follow_rotations_of_the_input() -> None:
-    module = InkModule(**TINY, tta=True).eval()
+    module = InkModule(**TINY, eval=EvalConfig(tta=True)).eval()
     image = torch.rand(2, 4, 32, 32)
     with torch.no_grad():
         probs = module.predict_probabilities(image)
@@ -286,22 +290,24 @@ def test_tta_predictions_follow_rotations_of_the_input() -> None:
 
 def test_bad_module_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="threshold"):
-        InkModule(**TINY, threshold=1.0)
+        EvalConfig(threshold=1.0)
     with pytest.raises(ValueError, match="layer_decay"):
-        InkModule(**TINY, layer_decay=0.0)
+        OptimConfig(layer_decay=0.0)
     with pytest.raises(ValueError, match="freeze_encoder_epochs"):
-        InkModule(**TINY, freeze_encoder_epochs=-1)
+        OptimConfig(freeze_encoder_epochs=-1)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        OptimConfig(warmup_fraction=1.0)
     with pytest.raises(ValueError, match="window"):
-        InkModule(**TINY, window="triangle")
+        EvalConfig(window="triangle")
     with pytest.raises(ValueError, match="stitch_stride"):
-        InkModule(**TINY, stitch_stride=0)
+        EvalConfig(stitch_stride=0)
 
 
 @pytest.mark.parametrize(
     "config",
     [
         TINY,
-        {"num_slices": 4, "encoder": "resnet10t", "out_indices": [1, 2, 3], "decoder_channels": [32, 16]},
+        {"num_slices": 4, "net": NetConfig(encoder="resnet10t", out_indices=[1, 2, 3], decoder_channels=[32, 16])},
     ],
     ids=["tiny3d", "resnet10t"],
 )

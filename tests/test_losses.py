@@ -1,4 +1,4 @@
-"""InkLoss: valid-pixel masking, pos_weight, label smoothing, edge weighting, float32, NaN checks."""
+"""InkLoss and LossConfig: valid-pixel masking, pos_weight, label smoothing, edge weighting, float32, NaN checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.losses import InkLoss, check_finite, ink_boundary
+from modules.losses import InkLoss, LossConfig, check_finite, ink_boundary
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _batch(b: int = 2, t: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 @pytest.mark.parametrize("kwargs", [{}, {"edge_weight": 2.0}, {"label_smoothing": 0.1, "pos_weight": 3.0}])
 def test_pixels_outside_valid_change_nothing(kwargs: dict) -> None:
-    loss_fn = InkLoss(**kwargs)
+    loss_fn = InkLoss(LossConfig(**kwargs))
     logits, label, valid = _batch()
     outside = valid == 0
     logits2 = torch.where(outside, torch.randn_like(logits) * 50, logits)
@@ -44,7 +44,7 @@ def test_loss_equals_bce_plus_dice_on_valid_pixels() -> None:
     bce = F.binary_cross_entropy_with_logits(logits[m], label[m])
     p = torch.sigmoid(logits[m])
     dice = 1 - (2 * (p * label[m]).sum() + 1) / (p.sum() + label[m].sum() + 1)
-    got = InkLoss(bce_weight=0.3, dice_weight=0.7)(logits, label, valid)
+    got = InkLoss(LossConfig(bce_weight=0.3, dice_weight=0.7))(logits, label, valid)
     assert torch.allclose(got, 0.3 * bce + 0.7 * dice, atol=1e-6)
 
 
@@ -52,20 +52,23 @@ def test_pos_weight_raises_the_loss_of_missed_ink_only() -> None:
     label = torch.zeros(1, 1, 8, 8)
     label[..., 2:5, 2:5] = 1
     missing = torch.full_like(label, -4.0)  # predicts no ink anywhere
-    plain, weighted = InkLoss(pos_weight=1.0, dice_weight=0.0), InkLoss(pos_weight=3.0, dice_weight=0.0)
+    plain, weighted = (
+        InkLoss(LossConfig(pos_weight=1.0, dice_weight=0.0)),
+        InkLoss(LossConfig(pos_weight=3.0, dice_weight=0.0)),
+    )
     assert weighted(missing, label) > plain(missing, label) * 2.5
     no_ink = torch.zeros_like(label)
     assert torch.equal(weighted(missing, no_ink), plain(missing, no_ink))
 
 
 def test_pos_weight_is_a_buffer_saved_and_moved_with_the_module() -> None:
-    loss_fn = InkLoss(pos_weight=2.5)
+    loss_fn = InkLoss(LossConfig(pos_weight=2.5))
     assert "pos_weight" in loss_fn.state_dict()
     assert torch.equal(loss_fn.state_dict()["pos_weight"], torch.tensor([2.5]))
     assert list(loss_fn.parameters()) == []
     moved = loss_fn.to(torch.float64)
     assert moved.pos_weight.dtype == torch.float64
-    restored = InkLoss(pos_weight=1.0)
+    restored = InkLoss(LossConfig(pos_weight=1.0))
     restored.load_state_dict(loss_fn.state_dict())
     assert restored.pos_weight.item() == 2.5
 
@@ -74,8 +77,8 @@ def test_label_smoothing_moves_targets_towards_one_half() -> None:
     label = torch.tensor([[[[0.0, 1.0]]]])
     logits = torch.tensor([[[[-20.0, 20.0]]]])
     # A confident correct prediction costs almost nothing without smoothing and a clear amount with it.
-    sharp = InkLoss(bce_weight=1.0, dice_weight=0.0)(logits, label)
-    smooth = InkLoss(bce_weight=1.0, dice_weight=0.0, label_smoothing=0.2)(logits, label)
+    sharp = InkLoss(LossConfig(bce_weight=1.0, dice_weight=0.0))(logits, label)
+    smooth = InkLoss(LossConfig(bce_weight=1.0, dice_weight=0.0, label_smoothing=0.2))(logits, label)
     expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([[[[0.1, 0.9]]]]))
     assert sharp < 1e-6
     assert torch.allclose(smooth, expected)
@@ -97,8 +100,8 @@ def test_edge_weight_raises_the_weight_of_errors_near_the_boundary() -> None:
     near, far = good.clone(), good.clone()
     near[..., 3, 8] = 5.0  # wrong right next to the edge
     far[..., 0, 15] = 5.0  # equally wrong far from any edge
-    plain = InkLoss(dice_weight=0.0)
-    edged = InkLoss(dice_weight=0.0, edge_weight=4.0, edge_width=2)
+    plain = InkLoss(LossConfig(dice_weight=0.0))
+    edged = InkLoss(LossConfig(dice_weight=0.0, edge_weight=4.0, edge_width=2))
     assert torch.allclose(plain(near, label), plain(far, label))
     # The same mistake adds (1 + edge_weight) times as much near the edge.
     base = edged(good, label)
@@ -109,7 +112,7 @@ def test_loss_is_float32_under_bfloat16_autocast() -> None:
     conv = torch.nn.Conv2d(1, 1, 3, padding=1)
     x = torch.randn(2, 1, 16, 16)
     _, label, valid = _batch()
-    loss_fn = InkLoss(pos_weight=2.0, edge_weight=1.0)
+    loss_fn = InkLoss(LossConfig(pos_weight=2.0, edge_weight=1.0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = conv(x)
         assert logits.dtype == torch.bfloat16
@@ -145,11 +148,12 @@ def test_nan_loss_raises_a_floating_point_error_naming_loss_and_step() -> None:
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"edge_weight": -1.0}, "edge_weight"),
         ({"edge_width": 0}, "edge_width"),
+        ({"aux_weight": -0.1}, "aux_weight"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        InkLoss(**kwargs)
+        LossConfig(**kwargs)
 
 
 def test_mismatched_shapes_are_rejected() -> None:

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from modules.components import build_net
+from modules.components import NetConfig, build_net
 from modules.param_groups import build_param_groups
 from modules.schedulers import build_warmup_cosine, warmup_cosine_factor
 
 
 @pytest.fixture(scope="module")
 def resnet_net() -> torch.nn.Module:
-    return build_net(4, "resnet10t")
+    return build_net(4, NetConfig(encoder="resnet10t"))
 
 
 def _by_name(groups: list[dict]) -> dict[str, dict]:
@@ -72,7 +72,7 @@ def test_no_weight_decay_on_biases_and_norm_parameters(resnet_net: torch.nn.Modu
 
 
 def test_3d_depth_attention_trains_at_full_lr_in_its_own_group() -> None:
-    net = build_net(4, "tiny3d", depth_pool="attention", encoder_kwargs={"widths": (4, 8, 16)})
+    net = build_net(4, NetConfig(encoder="tiny3d", depth_pool="attention", encoder_kwargs={"widths": (4, 8, 16)}))
     groups = _by_name(build_param_groups(net, lr=1e-3, weight_decay=0.01, layer_decay=0.5))
     extra = {id(p) for name in ("encoder.extra", "encoder.extra.no_decay") for p in groups[name]["params"]}
     assert extra == {id(p) for p in net.encoder.pools.parameters()}

@@ -32,6 +32,11 @@ SAFE_TYPES: tuple[str, ...] = (
     # InkDataModule(augment=AugmentConfig(...)) built in Python saves the dataclass itself in
     # `datamodule_hyper_parameters` (LightningCLI saves the config's plain dict instead).
     "datamodules.transforms.AugmentConfig",
+    # InkModule's settings groups, likewise (a LightningCLI run saves them as plain dicts).
+    "modules.components.ink_net.NetConfig",
+    "modules.losses.LossConfig",
+    "modules.evaluation.EvalConfig",
+    "modules.optimization.OptimConfig",
 )
 
 # How torch's weights-only unpickler names the global it refused (torch 2.6 to 2.14 wording).

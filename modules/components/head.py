@@ -24,8 +24,7 @@ class SegmentationHead(nn.Module):
 
     def __init__(self, in_channels: int, output_stride: int = 1, mid_channels: int | None = None) -> None:
         super().__init__()
-        if output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+        check_output_stride(output_stride)
         mid = mid_channels or in_channels
         self.output_stride = output_stride
         self.conv = conv_bn_relu(in_channels, mid)
@@ -46,3 +45,9 @@ class SegmentationHead(nn.Module):
         if s > 1:
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return logits
+
+
+def check_output_stride(output_stride: int) -> None:
+    """Raises ValueError unless `output_stride` is one of `OUTPUT_STRIDES`."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")

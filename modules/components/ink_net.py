@@ -1,8 +1,12 @@
-"""InkNet: encoder → decoder → head, and `build_net`, the factory the LightningModule calls."""
+"""InkNet: encoder → decoder → head; `NetConfig`, its settings (``--model.net.*``); `build_net`, which assembles it.
+
+The settings are described and checked once, in `NetConfig`: the LightningModule, the CLI and `build_net` all take it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,7 +15,7 @@ from modules.components.decoder import UNetDecoder
 from modules.components.depth_pool import check_depth_pool
 from modules.components.encoders2d import TimmEncoder2d
 from modules.components.encoders3d import ENCODERS_3D, build_encoder3d
-from modules.components.head import SegmentationHead
+from modules.components.head import SegmentationHead, check_output_stride
 from modules.components.stage_encoder import StageEncoder
 
 ENCODER_KINDS = ("auto", "2d", "3d")
@@ -70,56 +74,76 @@ def resolve_encoder_kind(encoder: str, encoder_kind: str = "auto") -> str:
     return encoder_kind
 
 
-def build_net(
-    num_slices: int,
-    encoder: str = "resnet10t",
-    encoder_kind: str = "auto",
-    out_indices: Sequence[int] | None = None,
-    depth_pool: str = "mean",
-    decoder_channels: Sequence[int] | None = None,
-    deep_supervision: bool = False,
-    output_stride: int = 1,
-    pretrained: bool = False,
-    pretrained_path: str | None = None,
-    encoder_kwargs: dict | None = None,
-) -> InkNet:
+@dataclass
+class NetConfig:
+    """The network's settings (``--model.net.*``), checked when built; `build_net` turns them into an `InkNet`.
+
+    Attributes:
+        encoder: A timm model name (2.5-D: slices as channels) or one of ``r3d_18``, ``mc3_18``, ``r2plus1d_18``,
+            ``tiny3d`` (3-D: the slice stack as a volume).
+        encoder_kind: ``auto`` (from the name), ``2d`` or ``3d``.
+        out_indices: Encoder stages the decoder fuses; None: all (2-D), (1, 2, 3, 4) (video ResNets).
+        depth_pool: ``mean``, ``max`` or ``attention``: how each 3-D stage is pooled over depth (unused by 2-D
+            encoders).
+        decoder_channels: Widths of the decoder levels, deepest first; None derives them from the encoder.
+        deep_supervision: Also predict logits from the coarser decoder levels (`InkNet.forward_with_aux`); their
+            mean loss is added with ``loss.aux_weight``.
+        output_stride: Resolution of the logit map relative to the tile: 1, 2 or 4.
+        pretrained: Download the encoder's published weights (opt-in; needs network access).
+        pretrained_path: A local weights file for the encoder.
+        encoder_kwargs: Extra arguments of 3-D encoders (``depth_strides``; ``widths`` for ``tiny3d``).
+    """
+
+    encoder: str = "resnet10t"
+    encoder_kind: str = "auto"
+    out_indices: list[int] | None = None
+    depth_pool: str = "mean"
+    decoder_channels: list[int] | None = None
+    deep_supervision: bool = False
+    output_stride: int = 1
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    encoder_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        """Rejects settings that need no encoder to be built to be found wrong."""
+        kind = resolve_encoder_kind(self.encoder, self.encoder_kind)
+        check_depth_pool(self.depth_pool)
+        check_output_stride(self.output_stride)
+        if kind == "2d" and self.encoder_kwargs:
+            raise ValueError(f"encoder_kwargs {self.encoder_kwargs} apply to 3-D encoders only, not {self.encoder!r}")
+
+
+def build_net(num_slices: int, config: NetConfig | None = None) -> InkNet:
     """Builds an `InkNet`.
 
     Args:
-        num_slices: depth slices D per tile (the 2-D encoder's input channels).
-        encoder: a timm model name (2.5-D) or one of ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``tiny3d`` (3-D).
-        encoder_kind: ``auto`` (from the name), ``2d`` or ``3d``.
-        out_indices: encoder stages the decoder fuses; None: all (2-D), (1, 2, 3, 4) (video ResNets).
-        depth_pool: ``mean``, ``max`` or ``attention``, pooling each 3-D stage over depth (unused by 2-D encoders).
-        decoder_channels: widths of the decoder levels, deepest first; None picks them from the encoder.
-        deep_supervision: also predict logits from the coarser decoder levels (`InkNet.forward_with_aux`).
-        output_stride: resolution of the logit map relative to the tile: 1, 2 or 4.
-        pretrained: download the encoder's published weights (opt-in; needs network access).
-        pretrained_path: a local weights file for the encoder.
-        encoder_kwargs: extra arguments of 3-D encoders (``depth_strides``; ``widths`` for ``tiny3d``).
+        num_slices: Depth slices D per tile (the 2-D encoder's input channels).
+        config: The network's settings; None: the defaults.
 
     Returns:
         The assembled `InkNet`.
     """
+    config = NetConfig() if config is None else config
     if num_slices < 1:
         raise ValueError(f"num_slices must be >= 1, got {num_slices}")
-    check_depth_pool(depth_pool)
-    kind = resolve_encoder_kind(encoder, encoder_kind)
-    if kind == "3d":
+    if resolve_encoder_kind(config.encoder, config.encoder_kind) == "3d":
         enc: StageEncoder = build_encoder3d(
-            encoder,
-            out_indices=out_indices,
-            depth_pool=depth_pool,
-            pretrained=pretrained,
-            pretrained_path=pretrained_path,
-            **(encoder_kwargs or {}),
+            config.encoder,
+            out_indices=config.out_indices,
+            depth_pool=config.depth_pool,
+            pretrained=config.pretrained,
+            pretrained_path=config.pretrained_path,
+            **(config.encoder_kwargs or {}),
         )
     else:
-        if encoder_kwargs:
-            raise ValueError(f"encoder_kwargs {encoder_kwargs} apply to 3-D encoders only, not {encoder!r}")
         enc = TimmEncoder2d(
-            encoder, num_slices, out_indices=out_indices, pretrained=pretrained, pretrained_path=pretrained_path
+            config.encoder,
+            num_slices,
+            out_indices=config.out_indices,
+            pretrained=config.pretrained,
+            pretrained_path=config.pretrained_path,
         )
-    decoder = UNetDecoder(enc.feature_channels, decoder_channels, deep_supervision=deep_supervision)
-    head = SegmentationHead(decoder.out_channels, output_stride=output_stride)
+    decoder = UNetDecoder(enc.feature_channels, config.decoder_channels, deep_supervision=config.deep_supervision)
+    head = SegmentationHead(decoder.out_channels, output_stride=config.output_stride)
     return InkNet(enc, decoder, head)
