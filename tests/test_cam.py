@@ -161,12 +161,14 @@ def test_bad_settings_fail_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("modules.ink_module") is None, reason="modules/ink_module.py not there")
 def test_fit_with_real_ink_module(tmp_path: Path, demo_dir: Path) -> None:
+    from modules.components.ink_net import NetConfig
     from modules.ink_module import InkModule
 
     torch.manual_seed(0)
     callback = GradCAMCallback(num_tiles=2)
     fit = trainer(tmp_path, [callback], max_epochs=1)
-    fit.fit(InkModule(num_slices=DEPTH, encoder="tiny3d", encoder_kwargs={"widths": [4, 8, 16]}), datamodule(demo_dir))
+    net = NetConfig(encoder="tiny3d", encoder_kwargs={"widths": [4, 8, 16]})
+    fit.fit(InkModule(num_slices=DEPTH, net=net), datamodule(demo_dir))
     assert callback.resolved_layer == "net.encoder.layer2"
     assert (Path(fit.log_dir) / "cam" / "epoch000_tile1_depth.png").is_file()
     assert {"cam/tile1", "cam/depth1"} <= set(image_tags(fit.log_dir))

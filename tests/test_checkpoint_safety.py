@@ -180,7 +180,7 @@ def test_cli_refuses_a_crafted_pretrained_path(run: TinyRun, in_tmp: Path, paylo
     assert_refused(error.value, payload)
     config = write_config(in_tmp, run.data_dir)
     with pytest.raises(UnsafeCheckpointError, match="pretrained_path '.*crafted.ckpt' holds objects"):
-        cli_main(["fit", "--config", str(config), "--model.pretrained_path", str(payload)])
+        cli_main(["fit", "--config", str(config), "--model.net.pretrained_path", str(payload)])
 
 
 # ------------------------------------------------------------------------------------------- Lightning's own loads
@@ -205,7 +205,7 @@ def test_load_from_checkpoint_is_weights_only(run: TinyRun, payload: Path, monke
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         InkModule.load_from_checkpoint(payload)
     model = InkModule.load_from_checkpoint(run.last)
-    assert model.hparams.encoder == "tiny3d" and model.hparams.num_slices == 12
+    assert model.net_config.encoder == "tiny3d" and model.hparams.num_slices == 12
 
 
 # ------------------------------------------------------------------------------------------- our own checkpoints
@@ -213,7 +213,7 @@ def test_load_from_checkpoint_is_weights_only(run: TinyRun, payload: Path, monke
 
 def test_a_checkpoint_of_a_real_run_loads_with_every_callback_state(run: TinyRun) -> None:
     checkpoint = load_checkpoint(run.last)
-    assert checkpoint["hyper_parameters"]["encoder"] == "tiny3d"
+    assert checkpoint["hyper_parameters"]["net"]["encoder"] == "tiny3d"
     assert checkpoint["datamodule_hyper_parameters"]["z_end"] == 16
     assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
     states = {key.split("{")[0]: value for key, value in checkpoint["callbacks"].items()}

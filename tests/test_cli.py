@@ -60,7 +60,7 @@ def write_config(root: Path, data_dir: Path, *, max_epochs: int = 2, logger: str
                 "init_args": {"save_dir": str(root / "runs"), "name": "ink"},
             },
         },
-        "model": {"encoder": "tiny3d", "decoder_channels": [16, 8, 8], "lr": 0.003},
+        "model": {"net": {"encoder": "tiny3d", "decoder_channels": [16, 8, 8]}, "optim": {"lr": 0.003}},
         "data": {
             "data_dir": str(data_dir),
             "train_fragments": ["frag1", "frag2"],
@@ -216,7 +216,7 @@ def test_fit_logs_losses_scores_and_lr_per_param_group(trained: TrainedRun) -> N
 
 def test_fit_saves_a_config_that_names_the_run(trained: TrainedRun) -> None:
     saved = yaml.safe_load((trained.log_dir / "config.yaml").read_text())
-    assert saved["model"]["encoder"] == "tiny3d"
+    assert saved["model"]["net"]["encoder"] == "tiny3d"
     assert saved["data"]["z_start"] == 4 and saved["data"]["z_end"] == 16
     assert saved["trainer"]["max_epochs"] == 2
     assert saved["cam"]["every_n_epochs"] == 1
@@ -269,9 +269,9 @@ def test_test_subcommand_scores_the_checkpoint(trained: TrainedRun, in_tmp: Path
 
 def test_command_line_model_settings_beat_the_checkpoint_hparams(trained: TrainedRun, in_tmp: Path) -> None:
     # Lightning's CLI would silently replace them with the hyperparameters saved in the checkpoint.
-    args = ["--ckpt_path", str(trained.best), "--model.tta", "true", "--model.threshold", "0.3"]
+    args = ["--ckpt_path", str(trained.best), "--model.eval.tta", "true", "--model.eval.threshold", "0.3"]
     cli = cli_main(["test", "--config", str(trained.config), *args, "--trainer.limit_test_batches", "1"])
-    assert cli.model.hparams.tta is True and cli.model.hparams.threshold == 0.3
+    assert cli.model.eval_config.tta is True and cli.model.eval_config.threshold == 0.3
 
 
 def test_predict_writes_pngs_and_submission(trained: TrainedRun, in_tmp: Path) -> None:
@@ -302,7 +302,7 @@ def test_predict_writes_pngs_and_submission(trained: TrainedRun, in_tmp: Path) -
     assert rows[0] == ["Id", "Predicted"] and len(rows) == 2 and rows[1][0] == "frag1"
     np.testing.assert_array_equal(rle_decode(rows[1][1], (80, 112)), mask == 255)
     # The mask follows the probabilities and the module's threshold (0.5) inside the papyrus.
-    threshold = cli.model.hparams.threshold
+    threshold = cli.model.eval_config.threshold
     assert not np.any((mask == 255) & (prob < round(255 * threshold) - 1))
     assert temp_files(in_tmp) == [] and temp_files(unlabelled) == []
 
@@ -395,7 +395,7 @@ def test_fit_with_only_a_data_dir_uses_the_cpu_recipe_and_every_fragment(
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["demo"] is False
     assert printed["data"]["train_fragments"] is None and printed["data"]["val_fragments"] is None
-    assert printed["data"]["normalization"] == "fragment" and printed["model"]["pos_weight"] == 1.0
+    assert printed["data"]["normalization"] == "fragment" and printed["model"]["loss"]["pos_weight"] == 1.0
     assert printed["early_stopping"]["patience_samples"] == 40960
 
 
@@ -486,9 +486,9 @@ def test_missing_checkpoint_fails_before_any_output(trained: TrainedRun, in_tmp:
 @pytest.mark.parametrize(
     ("override", "detail"),
     [
-        (["--model.encoder", "resnet10t", "--model.decoder_channels", "[16, 16, 8, 8]"], "missing"),
+        (["--model.net.encoder", "resnet10t", "--model.net.decoder_channels", "[16, 16, 8, 8]"], "missing"),
         (["--data.z_end", "14"], "num_slices=12"),  # tiny3d takes any depth: no tensor changes shape
-        (["--model.depth_pool", "max"], "depth_pool='mean'"),
+        (["--model.net.depth_pool", "max"], "depth_pool='mean'"),
     ],
     ids=["encoder", "z_range", "depth_pool"],
 )

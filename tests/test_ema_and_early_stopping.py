@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from callbacks.early_stopping import InkEarlyStopping
 from callbacks.ema import InkEMA
 from modules.ink_module import InkModule
+from modules.optimization import OptimConfig
 from tests.test_ink_module import TINY, TinyFragments
 from utils.checkpoints import load_checkpoint
 
@@ -25,7 +26,7 @@ def _params(state: dict) -> dict:
 def _fit(tmp_path, ema: InkEMA, epochs: int, batches: int) -> tuple[pl.Trainer, InkModule, TinyFragments]:
     """Fits a tiny model with `ema` and a checkpoint callback writing ``last.ckpt`` under ``tmp_path``."""
     data = TinyFragments()
-    module = InkModule(**TINY, lr=1e-2)
+    module = InkModule(**TINY, optim=OptimConfig(lr=1e-2))
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,

@@ -166,10 +166,11 @@ def test_default_target_layer_skips_one_pixel_maps() -> None:
     ("encoder", "kwargs"), [("tiny3d", {"encoder_kwargs": {"widths": [4, 8, 16]}}), ("resnet10t", {})]
 )
 def test_real_ink_module(encoder: str, kwargs: dict[str, Any]) -> None:
+    from modules.components.ink_net import NetConfig
     from modules.ink_module import InkModule
 
     torch.manual_seed(0)
-    module = InkModule(num_slices=DEPTH, encoder=encoder, **kwargs)
+    module = InkModule(num_slices=DEPTH, net=NetConfig(encoder=encoder, **kwargs))
     module.train()
     before = {k: v.clone() for k, v in module.state_dict().items()}
     result = compute_grad_cam(module, torch.rand(2, DEPTH, TILE, TILE))

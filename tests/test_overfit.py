@@ -12,7 +12,10 @@ import torch
 from datamodules.ink_datamodule import InkDataModule
 from datamodules.synthetic import make_fragment
 from datamodules.transforms import AugmentConfig
+from modules.components.ink_net import NetConfig
 from modules.ink_module import InkModule
+from modules.losses import LossConfig
+from modules.optimization import OptimConfig
 
 
 @pytest.mark.slow
@@ -40,11 +43,9 @@ def test_tiny_model_overfits_a_tiny_fragment_to_f05_above_0_9(tmp_path: Path):
     )
     model = InkModule(
         num_slices=data.num_slices,
-        encoder="resnet10t",
-        decoder_channels=[64, 32, 16, 16],
-        lr=3e-3,
-        warmup_fraction=0.0,
-        pos_weight=1.0,
+        net=NetConfig(encoder="resnet10t", decoder_channels=[64, 32, 16, 16]),
+        loss=LossConfig(pos_weight=1.0),
+        optim=OptimConfig(lr=3e-3, warmup_fraction=0.0),
     )
     trainer = pl.Trainer(
         accelerator="cpu",

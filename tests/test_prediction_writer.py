@@ -254,10 +254,12 @@ class _PredictTiles(pl.LightningDataModule):
 
 
 def test_with_ink_module_at_half_resolution(tmp_path: Path) -> None:
+    from modules.evaluation import EvalConfig
     from modules.ink_module import InkModule
+    from tests.test_ink_module import TINY
 
     torch.manual_seed(0)
-    module = InkModule(num_slices=4, encoder="tiny3d", encoder_kwargs={"widths": [4, 8, 16]}, stitch_stride=2)
+    module = InkModule(**TINY, eval=EvalConfig(stitch_stride=2))
     writer = InkPredictionWriter(output_dir=str(tmp_path), threshold=0.5)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
