@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from callbacks.atomic import atomic_write_text
+from utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from datamodules.fragment import Fragment
