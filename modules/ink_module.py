@@ -309,14 +309,16 @@ def group_legacy_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
 def shapeless_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The `SHAPELESS_SETTINGS` found in hyperparameters of any layout (flat, grouped dicts or dataclasses).
 
-    Keyed by dotted name (``net.depth_pool``); a setting that is absent is left out.
+    Keyed by dotted name (``net.depth_pool``); a setting that is absent is left out. Nothing is built or checked, so
+    another model's checkpoint can be compared.
     """
-    grouped = group_legacy_hparams(hparams)
     found = {}
     for name in SHAPELESS_SETTINGS:
-        value: Any = grouped
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+        group, _, key = name.rpartition(".")
+        value = hparams.get(key)  # flat: saved before the settings were grouped
+        if group and group in hparams:
+            container = hparams[group]
+            value = container.get(key) if isinstance(container, Mapping) else getattr(container, key, None)
         if value is not None:
             found[name] = value
     return found

@@ -28,6 +28,7 @@ from datamodules.synthetic import make_demo_data
 from lightning_app.checkpoint_io import AtomicCheckpointIO
 from lightning_app.cli import InkCLI, cli_main, expand_shorthands
 from modules.ink_module import InkModule
+from tests.test_ink_module import flat_hparams
 from utils.checkpoints import load_checkpoint
 from utils.rle import rle_decode
 
@@ -272,6 +273,25 @@ def test_command_line_model_settings_beat_the_checkpoint_hparams(trained: Traine
     args = ["--ckpt_path", str(trained.best), "--model.eval.tta", "true", "--model.eval.threshold", "0.3"]
     cli = cli_main(["test", "--config", str(trained.config), *args, "--trainer.limit_test_batches", "1"])
     assert cli.model.eval_config.tta is True and cli.model.eval_config.threshold == 0.3
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_a_checkpoint_with_flat_hyperparameters_loads(trained: TrainedRun, in_tmp: Path, subcommand: str) -> None:
+    """A checkpoint saved before the model's settings were grouped (flat ``encoder``, ``lr``, ...) still loads."""
+    checkpoint = load_checkpoint(trained.best)
+    grouped = checkpoint["hyper_parameters"]
+    assert grouped["net"]["encoder"] == "tiny3d" and grouped["optim"]["lr"] == 0.003  # LightningCLI saves plain dicts
+    checkpoint["hyper_parameters"] = flat_hparams(grouped)
+    assert checkpoint["hyper_parameters"]["encoder"] == "tiny3d" and "_instantiator" in checkpoint["hyper_parameters"]
+    old = in_tmp / "old.ckpt"
+    torch.save(checkpoint, old)
+    config = write_config(in_tmp, trained.data_dir)
+    limit = f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches"
+    cli = cli_main([subcommand, "--config", str(config), "--ckpt_path", str(old), limit, "1"])
+    assert cli.model.net_config.encoder == "tiny3d" and cli.model.last_eval_maps
+    loaded = InkModule.load_from_checkpoint(old)
+    assert loaded.net_config == cli.model.net_config and loaded.optim_config.lr == 0.003
+    assert all(torch.equal(v, checkpoint["state_dict"][k]) for k, v in loaded.state_dict().items())
 
 
 def test_predict_writes_pngs_and_submission(trained: TrainedRun, in_tmp: Path) -> None:

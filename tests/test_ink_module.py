@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from types import SimpleNamespace
 
@@ -15,9 +16,10 @@ from torch.utils.data import DataLoader
 
 from modules.components.ink_net import NetConfig
 from modules.evaluation import EvalConfig
-from modules.ink_module import InkModule
+from modules.ink_module import SETTINGS_GROUPS, InkModule, shapeless_hparams
 from modules.losses import InkLoss
 from modules.optimization import OptimConfig
+from utils.checkpoints import load_checkpoint
 
 TINY_NET = {"encoder": "tiny3d", "encoder_kwargs": {"widths": [4, 8, 16]}}
 TINY = {"num_slices": 4, "net": NetConfig(**TINY_NET)}
@@ -301,6 +303,39 @@ def test_bad_module_settings_are_rejected() -> None:
         EvalConfig(window="triangle")
     with pytest.raises(ValueError, match="stitch_stride"):
         EvalConfig(stitch_stride=0)
+
+
+def flat_hparams(hparams: dict) -> dict:
+    """Grouped hyperparameters in the flat layout InkModule saved before its settings were grouped."""
+    flat = {k: v for k, v in hparams.items() if k not in SETTINGS_GROUPS}
+    for group in SETTINGS_GROUPS:
+        value = hparams.get(group)
+        flat.update(value if isinstance(value, dict) else dataclasses.asdict(value))
+    return flat
+
+
+def test_a_checkpoint_with_flat_hyperparameters_loads(tmp_path) -> None:
+    """A checkpoint saved before the settings were grouped (flat ``encoder``, ``lr``, ...) loads, settings and all."""
+    net = NetConfig(**TINY_NET, depth_pool="max")
+    module = InkModule(num_slices=4, net=net, optim=OptimConfig(lr=2e-3), eval=EvalConfig(tta=True, threshold=0.3))
+    assert set(module.hparams) == {"num_slices", *SETTINGS_GROUPS}
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, datamodule=TinyFragments())
+    new = tmp_path / "new.ckpt"
+    trainer.save_checkpoint(new)
+    checkpoint = load_checkpoint(new)  # weights-only: the settings dataclasses are on the allow-list
+    assert checkpoint["hyper_parameters"]["eval"] == EvalConfig(tta=True, threshold=0.3)
+    checkpoint["hyper_parameters"] = flat_hparams(checkpoint["hyper_parameters"])
+    assert checkpoint["hyper_parameters"]["depth_pool"] == "max" and "net" not in checkpoint["hyper_parameters"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    for path in (new, old):
+        loaded = InkModule.load_from_checkpoint(path)
+        assert loaded.net_config == net and loaded.optim_config.lr == 2e-3 and loaded.eval_config.threshold == 0.3
+        assert loaded.val_threshold == module.val_threshold
+        assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert shapeless_hparams(checkpoint["hyper_parameters"]) == {"num_slices": 4, "net.depth_pool": "max"}
+    assert shapeless_hparams(module.hparams) == {"num_slices": 4, "net.depth_pool": "max"}
 
 
 @pytest.mark.parametrize(
