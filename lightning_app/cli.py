@@ -17,9 +17,8 @@ from typing import IO, Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
 
-import torch  # noqa: E402
-from pytorch_lightning import LightningModule, Trainer  # noqa: E402
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from pytorch_lightning import Trainer  # noqa: E402
+from pytorch_lightning.callbacks import LearningRateMonitor  # noqa: E402
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn  # noqa: E402
 
@@ -27,12 +26,14 @@ from callbacks.cam import GradCAMCallback  # noqa: E402
 from callbacks.early_stopping import InkEarlyStopping  # noqa: E402
 from callbacks.ema import InkEMA  # noqa: E402
 from callbacks.eval_images import EvalImageLogger  # noqa: E402
+from callbacks.latest_checkpoint import LatestCheckpoint  # noqa: E402
 from callbacks.prediction_writer import InkPredictionWriter  # noqa: E402
 from datamodules.ink_datamodule import InkDataModule  # noqa: E402
 from lightning_app.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from lightning_app.ckpt_path import check_checkpoint_matches, find_last_checkpoint  # noqa: E402
 from modules.ink_module import InkModule  # noqa: E402
 from utils.atomic import ensure_writable_dir  # noqa: E402
-from utils.checkpoints import allow_project_types, load_checkpoint  # noqa: E402
+from utils.checkpoints import allow_project_types  # noqa: E402
 
 # Lightning's own weights-only loads in this process (LightningModule.load_from_checkpoint) accept the project's types.
 allow_project_types()
@@ -48,32 +49,6 @@ DEFAULT_CALLBACKS = ("checkpoint", "early_stopping", "ema", "lr_monitor", "cam",
 
 
 say = rank_zero_only(print)
-# Hyperparameters that change what the network computes without changing any tensor's shape (a 3-D encoder takes
-# any depth), so a checkpoint's state_dict alone cannot tell that it belongs to another model.
-SHAPELESS_HPARAMS = ("num_slices", "depth_pool")
-
-
-class LatestCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` is the latest state at every save point, so ``--ckpt_path last`` resumes.
-
-    Since Lightning 2.5, ``save_last=True`` rewrites ``last.ckpt`` only when a top-k checkpoint is saved, that is,
-    when the monitored score improved: resuming would silently lose the epochs after the best one.
-    """
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_latest(trainer)
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_latest(trainer)
-
-    def _save_latest(self, trainer: Trainer) -> None:
-        # save_last="link" links to the newest top-k file by design; skipped when this step was already saved.
-        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class InkArgumentParser(LightningArgumentParser):
@@ -122,8 +97,8 @@ class InkCLI(LightningCLI):
         """Keeps the model settings of the config and command line.
 
         Lightning would overwrite them with the hyperparameters stored in ``--ckpt_path``, silently dropping explicit
-        ones such as ``--model.tta true`` or ``--model.threshold 0.3``. A checkpoint of another architecture is
-        rejected by `check_checkpoint_matches` instead.
+        ones such as ``--model.eval.tta true`` or ``--model.eval.threshold 0.3``. A checkpoint of another architecture
+        is rejected by `check_checkpoint_matches` instead.
         """
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -263,45 +238,3 @@ def cli_main(args: Sequence[str] | None = None) -> InkCLI:
         },
         auto_configure_optimizers=False,
     )
-
-
-def find_last_checkpoint(trainer: Trainer) -> Path:
-    """The newest ``last.ckpt`` of earlier runs under the logger's folder (``runs/ink/version_*/checkpoints``)."""
-    logger = trainer.logger
-    root = Path(logger.save_dir, logger.name) if logger is not None else Path(trainer.default_root_dir)
-    found = sorted(root.glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"ckpt_path 'last': no last.ckpt under '{root}' to resume from")
-    return found[-1]
-
-
-def check_checkpoint_matches(path: str | Path, model: torch.nn.Module) -> None:
-    """Fails early, in one line, on a checkpoint that is missing, unreadable, holds code, or was saved by another
-    model."""
-    # Weights-only: a checkpoint holding code is refused here, before Lightning reads it (also weights-only, through
-    # AtomicCheckpointIO).
-    checkpoint = load_checkpoint(path, what="ckpt_path")
-    if "state_dict" not in checkpoint:
-        raise ValueError(f"ckpt_path '{path}' is not a Lightning checkpoint (no state_dict)")
-    saved_hparams = checkpoint.get("hyper_parameters") or {}
-    own_hparams = getattr(model, "hparams", {})
-    for name in SHAPELESS_HPARAMS:
-        if name in saved_hparams and name in own_hparams and saved_hparams[name] != own_hparams[name]:
-            raise ValueError(
-                f"ckpt_path '{path}' belongs to another model: it was trained with {name}={saved_hparams[name]!r}, "
-                f"this run has {name}={own_hparams[name]!r}; use the config.yaml saved with that run"
-            )
-    state, own = checkpoint["state_dict"], model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or reshaped:
-        if reshaped:
-            key = reshaped[0]
-            example = f"{key}: checkpoint {list(state[key].shape)} vs model {list(own[key].shape)}"
-        else:
-            example = (missing or unexpected)[0]
-        raise ValueError(
-            f"ckpt_path '{path}' belongs to another model: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(reshaped)} reshaped tensors (e.g. {example}); use the config.yaml saved with that run"
-        )
