@@ -13,7 +13,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --data --large 4096 --batches 50
     python scripts/benchmark.py --models                    # params and CPU step time of each encoder, tile 64/256
     python scripts/benchmark.py --quality                   # default recipe vs the plain baseline loop, held-out
-    python scripts/benchmark.py --quality --seeds 0 --budget 120 --project-args --model.lr 0.001
+    python scripts/benchmark.py --quality --seeds 0 --budget 120 --project-args --model.optim.lr 0.001
 """
 
 from __future__ import annotations
