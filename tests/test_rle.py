@@ -1,4 +1,4 @@
-"""Kaggle run-length encoding (callbacks/rle.py): the documented format, round trips, errors, memory."""
+"""Kaggle run-length encoding (utils/rle.py): the documented format, round trips, errors, memory."""
 
 from __future__ import annotations
 
