@@ -1,12 +1,14 @@
-"""Figures and colour maps of the Grad-CAM pictures: heat-map overlays, label outlines, depth-profile charts.
+"""The pictures the callbacks draw: Grad-CAM overlays, depth-profile charts and prediction-beside-label images.
 
-Plain numpy and Pillow (matplotlib is not a dependency of the project), apart from the callback so the
-pictures can be drawn from a script or a test without a Trainer. Every image is an ``uint8`` array
-``[H, W, 3]`` (RGB), the layout both Pillow and ``SummaryWriter.add_image(..., dataformats="HWC")`` take.
+Plain numpy and Pillow (matplotlib is not a dependency of the project), apart from the callbacks so the
+pictures can be drawn from a script or a test without a Trainer. Every image is an ``uint8`` array, RGB
+``[H, W, 3]`` or grey ``[H, W]``: the layouts both Pillow and ``SummaryWriter.add_image`` (``dataformats="HWC"``
+or ``"HW"``) take.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +23,9 @@ OUTLINE_RGB = (0, 255, 0)
 _BAR_RGB = (70, 130, 180)
 _LINE_RGB = (230, 120, 20)
 _AXIS_RGB = (60, 60, 60)
+# Source pixels pooled per band when downsampling (bounds the float32 working copy).
+_BAND_PIXELS = 1 << 22
+_GAP_VALUE = 128  # mid grey between the panels, visible against black and white
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -150,3 +155,80 @@ def depth_profile_chart(
         legend += "   line: Grad-CAM share"
     draw.text((left, height - 14), legend, fill=_AXIS_RGB, font=font)
     return np.asarray(image, dtype=np.uint8)
+
+
+def block_mean(image: np.ndarray, factor: int, band_pixels: int = _BAND_PIXELS) -> np.ndarray:
+    """Mean over ``factor`` × ``factor`` blocks (partial blocks at the bottom/right edges average what they hold).
+
+    Works in row bands, so a full-size map is never copied at once.
+
+    Args:
+        image: 2-D numeric array ``[h, w]``.
+        factor: Block side (1 returns a float32 copy).
+        band_pixels: Source pixels per band.
+
+    Returns:
+        float32 ``[ceil(h / factor), ceil(w / factor)]``.
+
+    Raises:
+        ValueError: A non-2-D or empty image, or ``factor < 1``.
+    """
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"block_mean needs a non-empty 2-D image, got shape {image.shape}")
+    if factor < 1:
+        raise ValueError(f"block_mean factor must be >= 1, got {factor}")
+    h, w = image.shape
+    if factor == 1:
+        return image.astype(np.float32)
+    col_starts = np.arange(0, w, factor)
+    col_counts = np.diff(np.append(col_starts, w)).astype(np.float32)
+    out = np.empty((math.ceil(h / factor), col_starts.size), dtype=np.float32)
+    rows = factor * max(1, band_pixels // (factor * w))
+    for r0 in range(0, h, rows):
+        band = image[r0 : r0 + rows].astype(np.float32)
+        row_starts = np.arange(0, band.shape[0], factor)
+        row_counts = np.diff(np.append(row_starts, band.shape[0])).astype(np.float32)
+        sums = np.add.reduceat(np.add.reduceat(band, row_starts, axis=0), col_starts, axis=1)
+        out[r0 // factor : r0 // factor + row_starts.size] = sums / (row_counts[:, None] * col_counts[None, :])
+    return out
+
+
+def side_by_side(prob: np.ndarray, label: np.ndarray | None, max_size: int, gap: int = 2) -> np.ndarray:
+    """A grey uint8 image: probabilities (0–255) left, label (0/255) right, long side at most ``max_size``.
+
+    Both panels are downsampled by the same integer factor with block means, so thin ink strokes show as grey
+    rather than vanishing. Without a label the image is the probability panel alone.
+
+    Args:
+        prob: float ``[h, w]`` probabilities in [0, 1].
+        label: ``[h, w]`` 0/1 labels, or None.
+        max_size: Longest side of the result in pixels.
+        gap: Width of the separating column.
+
+    Returns:
+        uint8 ``[H', W']`` with ``max(H', W') <= max_size``.
+
+    Raises:
+        ValueError: Mismatched shapes, an empty map, or a ``max_size`` too small for two panels and the gap.
+    """
+    if prob.ndim != 2 or prob.size == 0:
+        raise ValueError(f"prob must be a non-empty 2-D map, got shape {prob.shape}")
+    if label is not None and label.shape != prob.shape:
+        raise ValueError(f"label shape {label.shape} differs from prob shape {prob.shape}")
+    panels = 1 if label is None else 2
+    extra = 0 if label is None else gap
+    if max_size < panels + extra:
+        raise ValueError(f"max_size {max_size} is too small for {panels} panel(s) and a {extra}-px gap")
+    h, w = prob.shape
+    factor = max(1, math.ceil(h / max_size), math.ceil(panels * w / (max_size - extra)))
+    while max(math.ceil(h / factor), panels * math.ceil(w / factor) + extra) > max_size:
+        factor += 1
+    left = np.rint(np.clip(block_mean(prob, factor), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if label is None:
+        return left
+    right = np.rint(np.clip(block_mean(label, factor), 0.0, 1.0) * 255.0).astype(np.uint8)
+    ph, pw = left.shape
+    canvas = np.full((ph, 2 * pw + gap), _GAP_VALUE, dtype=np.uint8)
+    canvas[:, :pw] = left
+    canvas[:, pw + gap :] = right
+    return canvas
