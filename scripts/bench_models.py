@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.components import build_net  # noqa: E402
+from modules.components import NetConfig, build_net  # noqa: E402
 from modules.components.encoders3d import ENCODERS_3D  # noqa: E402
 from modules.losses import InkLoss  # noqa: E402
 
@@ -72,7 +72,7 @@ def benchmark_models(
     rows: list[dict[str, float | int | str]] = []
     loss_fn = InkLoss().to(device)
     for encoder in encoders:
-        net = build_net(num_slices, encoder).to(device).train()
+        net = build_net(num_slices, NetConfig(encoder=encoder)).to(device).train()
         params = sum(p.numel() for p in net.parameters()) / 1e6
         for tile in tile_sizes:
             batch = batch_size
