@@ -1,15 +1,12 @@
-"""InkEMA (weights averaged for validation, checkpoints and the test after fit) and sample-based early stopping."""
+"""InkEMA (callbacks/ema.py): weights averaged for validation, checkpoints and the test after fit; off by default."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from callbacks.early_stopping import InkEarlyStopping
 from callbacks.ema import InkEMA
 from modules.ink_module import InkModule
 from modules.optimization import OptimConfig
@@ -69,19 +66,3 @@ def test_ema_settings_are_checked():
         InkEMA(decay=1.0)
     with pytest.raises(ValueError, match="update_every_n_steps"):
         InkEMA(update_every_n_steps=0)
-
-
-@pytest.mark.parametrize("samples, per_epoch, patience", [(40960, 4096, 10), (1000, 256, 4), (10, 4096, 1)])
-def test_patience_in_samples_becomes_validations(samples, per_epoch, patience):
-    stopping = InkEarlyStopping(patience_samples=samples)
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"samples_per_epoch": per_epoch}))
-    stopping.setup(trainer, None, "fit")
-    assert stopping.patience == patience
-
-
-def test_patience_in_samples_needs_an_epoch_length():
-    with pytest.raises(ValueError, match="patience_samples must be >= 1"):
-        InkEarlyStopping(patience_samples=0)
-    stopping = InkEarlyStopping(patience_samples=100)
-    with pytest.raises(ValueError, match="needs a data module with samples_per_epoch"):
-        stopping.setup(SimpleNamespace(datamodule=None), None, "fit")
