@@ -13,6 +13,8 @@ import math
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
+from utils.checks import check_range
+
 
 class InkEarlyStopping(EarlyStopping):
     """Lightning's EarlyStopping with ``patience_samples``: stop after that many training tiles bring no gain.
@@ -46,8 +48,8 @@ class InkEarlyStopping(EarlyStopping):
             check_on_train_epoch_end=check_on_train_epoch_end,
             verbose=verbose,
         )
-        if patience_samples is not None and patience_samples < 1:
-            raise ValueError(f"early_stopping.patience_samples must be >= 1, got {patience_samples}")
+        if patience_samples is not None:
+            check_range("early_stopping.patience_samples", patience_samples, 1)
         self.patience_samples = patience_samples
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -20,6 +20,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
+from utils.checks import check_range
+
 
 class InkEMA(EMAWeightAveraging):
     """EMA of the weights (and BatchNorm statistics), updated after every optimizer step.
@@ -39,13 +41,9 @@ class InkEMA(EMAWeightAveraging):
         update_starting_at_step: int = 0,
         update_every_n_steps: int = 1,
     ) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema decay must be in [0, 1), got {decay}")
-        if update_starting_at_step < 0 or update_every_n_steps < 1:
-            raise ValueError(
-                f"ema update_starting_at_step must be >= 0 and update_every_n_steps >= 1, got "
-                f"{update_starting_at_step} and {update_every_n_steps}"
-            )
+        check_range("ema decay", decay, 0.0, 1.0, high_open=True)
+        check_range("ema update_starting_at_step", update_starting_at_step, 0)
+        check_range("ema update_every_n_steps", update_every_n_steps, 1)
         super().__init__(
             decay=decay, update_starting_at_step=update_starting_at_step, update_every_n_steps=update_every_n_steps
         )
