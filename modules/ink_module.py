@@ -114,8 +114,13 @@ class InkModule(pl.LightningModule):
         Such a checkpoint's flat hyperparameters (``encoder``, ``lr``, ...) are moved into their groups first
         (`group_legacy_hparams`); other checkpoints are handed to Lightning unchanged.
         """
+        checkpoint = None
         if isinstance(checkpoint_path, str | bytes) or hasattr(checkpoint_path, "__fspath__"):
-            checkpoint = load_checkpoint(checkpoint_path, what="checkpoint_path")
+            try:
+                checkpoint = load_checkpoint(checkpoint_path, what="checkpoint_path")
+            except (OSError, ValueError):  # missing, unreadable or unsafe: Lightning's own load says so, as before
+                pass
+        if checkpoint is not None:
             hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
             grouped = group_legacy_hparams(hparams)
             if grouped != hparams:

@@ -193,7 +193,7 @@ def test_fit_saves_last_and_best_checkpoint(trained: TrainedRun) -> None:
     best = load_checkpoint(trained.best)
     last = load_checkpoint(trained.last)
     assert last["global_step"] == 2 * STEPS_PER_EPOCH and last["epoch"] == 1
-    assert best["hyper_parameters"]["encoder"] == "tiny3d"
+    assert best["hyper_parameters"]["net"]["encoder"] == "tiny3d"
     assert best["hyper_parameters"]["num_slices"] == 12  # linked from the data module's z range
     assert 0.0 <= best["val_threshold"] <= 1.0  # the threshold its validation chose, applied at test
     assert temp_files(trained.root) == []
