@@ -40,7 +40,7 @@ class InkPredictionWriter(pl.Callback):
 
     Args:
         output_dir: Folder for the outputs (created with parents).
-        threshold: Ink probability threshold of the masks; None: the module's ``hparams.threshold``, else 0.5.
+        threshold: Ink probability threshold of the masks; None: the module's ``eval_config.threshold``, else 0.5.
         write_submission: Also write ``submission.csv``; False drops ``rle`` from `formats` (older configs).
         formats: Names of the output formats (`utils.prediction_formats.FORMATS`); None: ``["png", "rle"]``.
 
@@ -132,9 +132,8 @@ class InkPredictionWriter(pl.Callback):
     def _resolve_threshold(self, pl_module: pl.LightningModule) -> float:
         if self.threshold is not None:
             return self.threshold
-        hparams = getattr(pl_module, "hparams", None)
-        threshold = float(hparams.get("threshold", 0.5)) if isinstance(hparams, Mapping) else 0.5
-        return check_threshold("InkPredictionWriter: the module's threshold hparam", threshold)
+        threshold = float(getattr(_eval_config(pl_module), "threshold", 0.5))
+        return check_threshold("InkPredictionWriter: the module's eval_config.threshold", threshold)
 
     @staticmethod
     def _full_shapes(
@@ -143,8 +142,7 @@ class InkPredictionWriter(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         fragment_shapes = getattr(datamodule, "fragment_shapes", None)
         if not callable(fragment_shapes):
-            hparams = getattr(pl_module, "hparams", None)
-            stride = hparams.get("stitch_stride", 1) if isinstance(hparams, Mapping) else 1
+            stride = getattr(_eval_config(pl_module), "stitch_stride", 1)
             if stride != 1:
                 rank_zero_warn(
                     f"InkPredictionWriter: no datamodule.fragment_shapes to upsample to, so the predictions are "
@@ -181,3 +179,8 @@ class InkPredictionWriter(pl.Callback):
                 band = PredictionBand(prob=prob, mask=(prob > threshold) & valid)
                 for write in writers:
                     write(band)
+
+
+def _eval_config(pl_module: pl.LightningModule) -> object | None:
+    """The module's evaluation settings (`InkModule.eval_config`), or None for a module without them."""
+    return getattr(pl_module, "eval_config", None)

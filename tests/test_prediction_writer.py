@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from callbacks import prediction_writer
 from callbacks.prediction_writer import InkPredictionWriter
+from modules.evaluation import EvalConfig
 from modules.resample import full_resolution_bands
 from utils.png import StreamingPngWriter
 from utils.rle import rle_decode
@@ -24,7 +25,7 @@ class StandIn(pl.LightningModule):
 
     def __init__(self, maps: dict[str, dict[str, np.ndarray]], threshold: float = 0.5, stage: str = "predict"):
         super().__init__()
-        self.save_hyperparameters("threshold")
+        self.eval_config = EvalConfig(threshold=threshold)  # what InkModule exposes to callbacks
         self.maps = maps
         self.stage = stage
         self.steps = 0
@@ -102,7 +103,7 @@ def test_writes_pngs_and_a_submission_that_decodes_to_the_masks(tmp_path: Path) 
         mask = _png(out / f"{fid}_mask.png")
         assert prob.shape == mask.shape == shape
         assert np.abs(prob.astype(np.float32) - maps[fid]["prob"] * 255).max() <= 0.5 + 1e-3
-        expected = (maps[fid]["prob"] > 0.3) & maps[fid]["valid"]  # the module's threshold hparam
+        expected = (maps[fid]["prob"] > 0.3) & maps[fid]["valid"]  # the module's eval_config.threshold
         assert expected.any() and not expected.all()
         assert np.array_equal(mask, expected.astype(np.uint8) * 255)
         assert np.array_equal(rle_decode(submission[fid], shape), expected)
@@ -278,3 +279,13 @@ def test_with_ink_module_at_half_resolution(tmp_path: Path) -> None:
     assert np.abs(written.astype(np.float32) - prob * 255).max() <= 0.5 + 1e-3
     assert np.array_equal(_png(tmp_path / "seg_mask.png") > 0, expected)
     assert np.array_equal(rle_decode(_submission(tmp_path / "submission.csv")["seg"], (50, 64)), expected)
+
+
+def test_the_writer_reads_the_threshold_and_stride_of_an_ink_module() -> None:
+    from modules.ink_module import InkModule
+
+    module = InkModule(num_slices=4, eval=EvalConfig(threshold=0.3, stitch_stride=2))
+    assert InkPredictionWriter()._resolve_threshold(module) == pytest.approx(0.3)
+    maps = {"a": {"prob": np.zeros((4, 4), np.float32), "valid": np.ones((4, 4), bool)}}
+    with pytest.warns(UserWarning, match="1/2 resolution"):
+        assert InkPredictionWriter._full_shapes(object(), module, maps) == {"a": (4, 4)}
