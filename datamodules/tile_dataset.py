@@ -25,7 +25,8 @@ class TileDataset(Dataset):
         tiles: the windows.
         tile_size: ``T``.
         transform: turns the raw window into the model's input (normalises; augments in training).
-        depth_margin: extra slices read on each side of ``[z_start, z_end)`` for the transform's random depth shift.
+        depth_margin: extra slices read on each side of ``[z_start, z_end)`` for the transform's random depth shift;
+            fewer (the same on both sides) where the window is closer than that to an end of the volume.
         jitter: the window moves by up to ±jitter px each time it is drawn (training only).
         with_labels: include ``label`` (False for prediction).
     """
@@ -63,8 +64,10 @@ class TileDataset(Dataset):
             int(v) for v in jitter_windows(self.tiles, np.array([index]), self.jitter if self.random else 0, rng)[0]
         )
         size = self.tile_size
-        z0 = max(0, fragment.z_start - self.depth_margin)
-        z1 = min(fragment.depth, fragment.z_end + self.depth_margin)
+        # The same number of extra slices on both sides, so the transform's random depth shift stays centred on
+        # the nominal window where it touches either end of the volume (a one-sided margin biases the mean shift).
+        margin = min(self.depth_margin, fragment.z_start, fragment.depth - fragment.z_end)
+        z0, z1 = fragment.z_start - margin, fragment.z_end + margin
         image = fragment.read(z0, z1, y, x, size, size)
         valid = fragment.mask[y : y + size, x : x + size].astype(np.float32)
         ignore = fragment.ignore

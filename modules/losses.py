@@ -16,20 +16,23 @@ from torch import Tensor, nn
 from utils.checks import check_int, check_non_negative, check_range
 
 
-def ink_boundary(label: Tensor, width: int) -> Tensor:
+def ink_boundary(label: Tensor, width: int, valid: Tensor | None = None) -> Tensor:
     """1 where a pixel lies within `width` px (Chebyshev distance) of an ink boundary, else 0.
 
-    Computed as dilation minus erosion of the binarised label with max pooling.
+    A boundary needs valid pixels on both sides: valid ink and valid non-ink within the window. Edges of the
+    papyrus mask, of ignored pixels and of an affine warp's fill are not ink boundaries, even where ink meets them.
 
     Args:
         label: [B, 1, H, W] ink labels in [0, 1].
         width: boundary half-width in pixels (>= 1).
+        valid: [B, 1, H, W], 1 where the label is known; None: everywhere.
     """
     ink = (label > 0.5).float()
+    known = torch.ones_like(ink) if valid is None else (valid > 0.5).float()
     k = 2 * width + 1
-    dilated = F.max_pool2d(ink, k, stride=1, padding=width)
-    eroded = -F.max_pool2d(-ink, k, stride=1, padding=width)
-    return dilated - eroded
+    near_ink = F.max_pool2d(ink * known, k, stride=1, padding=width)
+    near_background = F.max_pool2d((1.0 - ink) * known, k, stride=1, padding=width)
+    return near_ink * near_background
 
 
 @dataclass
@@ -129,7 +132,7 @@ class InkLoss(nn.Module):
         )
         weight = mask
         if self.edge_weight > 0:
-            weight = mask * (1.0 + self.edge_weight * ink_boundary(target, self.edge_width))
+            weight = mask * (1.0 + self.edge_weight * ink_boundary(target, self.edge_width, mask))
         # No valid pixel: a zero that still depends on the logits, so backward works.
         return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 

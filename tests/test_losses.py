@@ -93,6 +93,25 @@ def test_ink_boundary_marks_a_band_around_the_ink_edge() -> None:
     assert band[0, 0, 0, 0] == 0 and band[0, 0, 10, 10] == 0
 
 
+def test_the_edge_of_the_valid_area_is_not_an_ink_boundary() -> None:
+    # Ink runs across the edge of the papyrus mask (columns 8+ are not valid): only column 4, where valid ink
+    # meets valid background, is a boundary; where the ink meets the invalid area is not.
+    label = torch.zeros(1, 1, 16, 16)
+    label[..., 4:] = 1
+    valid = torch.zeros_like(label)
+    valid[..., :8] = 1
+    band = ink_boundary(label * valid, width=1, valid=valid)
+    assert band[0, 0, 5, 3] == 1 and band[0, 0, 5, 4] == 1
+    assert band[0, 0, 5, 7] == 0 and band[0, 0, 5, 8] == 0
+    good = torch.where(label > 0, 5.0, -5.0)
+    at_mask_edge, far = good.clone(), good.clone()
+    at_mask_edge[..., 8, 7] = -5.0  # wrong on ink beside the mask edge, 3 px from the real boundary
+    far[..., 8, 0] = 5.0  # equally wrong on background, 3 px from the boundary
+    edged = InkLoss(LossConfig(dice_weight=0.0, edge_weight=4.0, edge_width=1))
+    base = edged(good, label, valid)
+    assert torch.allclose(edged(at_mask_edge, label, valid) - base, edged(far, label, valid) - base, rtol=1e-4)
+
+
 def test_edge_weight_raises_the_weight_of_errors_near_the_boundary() -> None:
     label = torch.zeros(1, 1, 16, 16)
     label[..., 4:12, 4:12] = 1
