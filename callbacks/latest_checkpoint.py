@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -11,7 +14,25 @@ class LatestCheckpoint(ModelCheckpoint):
 
     Since Lightning 2.5, ``save_last=True`` rewrites ``last.ckpt`` only when a top-k checkpoint is saved, that is,
     when the monitored score improved: resuming would silently lose the epochs after the best one.
+
+    Its best-k state (best score and path, kth value, last path) is restored when a fit resumes in the same folder,
+    whether the folder was written as an absolute or a relative path; validate, test and predict leave it alone.
     """
+
+    _stage: str | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._stage = stage
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Evaluation never reads the best-k state, and restoring it in another run folder only warns.
+        if self._stage not in (None, "fit"):
+            return
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and os.path.realpath(saved) == os.path.realpath(self.dirpath):
+            state_dict = {**state_dict, "dirpath": self.dirpath}  # Lightning compares the strings
+        super().load_state_dict(state_dict)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

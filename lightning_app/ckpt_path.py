@@ -1,4 +1,4 @@
-"""``--ckpt_path`` resolved and checked before Lightning reads it: ``last`` found, another model's file refused.
+"""``--ckpt_path`` checked before Lightning reads it: a missing, unsafe or another model's file refused in one line.
 
 Lightning would report a checkpoint of another architecture as a long list of state-dict mismatches after the
 run folder is made, and a 3-D model trained on a different depth not at all; `check_checkpoint_matches` says it
@@ -10,20 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pytorch_lightning import Trainer
 
 from modules.ink_module import shapeless_hparams
 from utils.checkpoints import load_checkpoint
 
-
-def find_last_checkpoint(trainer: Trainer) -> Path:
-    """The newest ``last.ckpt`` of earlier runs under the logger's folder (``runs/ink/version_*/checkpoints``)."""
-    logger = trainer.logger
-    root = Path(logger.save_dir, logger.name) if logger is not None else Path(trainer.default_root_dir)
-    found = sorted(root.glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"ckpt_path 'last': no last.ckpt under '{root}' to resume from")
-    return found[-1]
+# What to do when a setting the weights' shapes cannot tell differs from the checkpoint's.
+SETTING_HINTS = {
+    "num_slices": "the slice window data.z_start..data.z_end sets it: leave both out to use the checkpoint's own",
+}
 
 
 def check_checkpoint_matches(path: str | Path, model: torch.nn.Module) -> None:
@@ -37,11 +31,12 @@ def check_checkpoint_matches(path: str | Path, model: torch.nn.Module) -> None:
     # Settings of either layout (before and after they were grouped), by dotted name such as ``net.depth_pool``.
     saved_hparams = shapeless_hparams(checkpoint.get("hyper_parameters") or {})
     own_hparams = shapeless_hparams(getattr(model, "hparams", {}))
-    for name in saved_hparams.keys() & own_hparams.keys():
+    for name in sorted(saved_hparams.keys() & own_hparams.keys()):
         if saved_hparams[name] != own_hparams[name]:
+            hint = SETTING_HINTS.get(name, "leave it out to use the checkpoint's own")
             raise ValueError(
                 f"ckpt_path '{path}' belongs to another model: it was trained with {name}={saved_hparams[name]!r}, "
-                f"this run has {name}={own_hparams[name]!r}; use the config.yaml saved with that run"
+                f"this run has {name}={own_hparams[name]!r}; {hint}"
             )
     state, own = checkpoint["state_dict"], model.state_dict()
     missing = [k for k in own if k not in state]

@@ -30,7 +30,15 @@ from callbacks.latest_checkpoint import LatestCheckpoint  # noqa: E402
 from callbacks.prediction_writer import InkPredictionWriter  # noqa: E402
 from datamodules.ink_datamodule import InkDataModule  # noqa: E402
 from lightning_app.checkpoint_io import AtomicCheckpointIO  # noqa: E402
-from lightning_app.ckpt_path import check_checkpoint_matches, find_last_checkpoint  # noqa: E402
+from lightning_app.ckpt_contract import read_contract, same_folder, set_defaults  # noqa: E402
+from lightning_app.ckpt_path import check_checkpoint_matches  # noqa: E402
+from lightning_app.run_dir import (  # noqa: E402
+    DEFAULT_SAVE_DIR,
+    find_last_checkpoint,
+    follow_default_root_dir,
+    resume_in_own_folder,
+    runs_root,
+)
 from modules.ink_module import InkModule  # noqa: E402
 from utils.atomic import ensure_writable_dir  # noqa: E402
 from utils.checkpoints import allow_project_types  # noqa: E402
@@ -46,6 +54,8 @@ DEMO_CONFIGS = (CPU_CONFIG, DEMO_CONFIG)
 TRAINER_SHORTHANDS = ("accelerator", "devices", "precision", "strategy", "max_epochs", "max_steps", "num_nodes")
 # Default callbacks, each with its config group; `--disable_callbacks [cam, early_stopping]` turns some off.
 DEFAULT_CALLBACKS = ("checkpoint", "early_stopping", "ema", "lr_monitor", "cam", "eval_images", "prediction_writer")
+# Subcommands whose model and data settings default to those saved in --ckpt_path.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 
 say = rank_zero_only(print)
@@ -93,12 +103,58 @@ class InkCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint after fitting"
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parses the command line with the run folder and ``--ckpt_path`` settled before anything is built.
+
+        - ``--trainer.default_root_dir`` moves the logger's default ``runs`` folder (`follow_default_root_dir`).
+        - ``--ckpt_path last`` becomes the newest ``last.ckpt`` under the logger's folder, and a resumed ``fit``
+          continues that checkpoint's run folder (`resume_in_own_folder`).
+        - ``validate``/``test``/``predict`` take the model and data settings saved in ``--ckpt_path`` as defaults
+          (`lightning_app.ckpt_contract`): the command line and ``--config`` still win.
+        """
+        subcommand = args[0] if isinstance(args, list) and args else None
+        if subcommand not in self.subcommands():
+            super().parse_arguments(parser, args)
+            return
+        # A first look without --print_config (which prints and exits while parsing) finds the checkpoint.
+        probe = [a for a in args if a != "--print_config" and not a.startswith("--print_config=")]
+        config = parser.parse_args(probe)[subcommand]
+        follow_default_root_dir(config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = str(find_last_checkpoint(runs_root(config)))
+            say(f"resuming from {ckpt_path}")
+        if subcommand in EVAL_SUBCOMMANDS and ckpt_path not in (None, "best") and Path(ckpt_path).is_file():
+            self._use_checkpoint_settings(parser, subcommand, probe, ckpt_path)
+        super().parse_arguments(parser, args)
+        config = self.config[subcommand]
+        follow_default_root_dir(config)
+        if ckpt_path not in (None, "best"):
+            config.ckpt_path = ckpt_path
+            if subcommand == "fit":
+                resume_in_own_folder(config, ckpt_path)
+
+    def _use_checkpoint_settings(
+        self, parser: LightningArgumentParser, subcommand: str, probe: list[str], ckpt_path: str
+    ) -> None:
+        """Makes the checkpoint's model and data settings the subcommand's defaults; its data folder and splits only
+        when the run reads that same folder."""
+        contract = read_contract(ckpt_path)
+        subparser = self._subcommand_parsers[subcommand]
+        set_defaults(subparser, {**contract.model, **contract.data_input})
+        if contract.data_dir is None:
+            return
+        set_defaults(subparser, {"data.data_dir": contract.data_dir})
+        if same_folder(parser.parse_args(probe)[subcommand].data.data_dir, contract.data_dir):
+            set_defaults(subparser, contract.data_folder)
+
     def _parse_ckpt_path(self) -> None:
         """Keeps the model settings of the config and command line.
 
         Lightning would overwrite them with the hyperparameters stored in ``--ckpt_path``, silently dropping explicit
-        ones such as ``--model.eval.tta true`` or ``--model.eval.threshold 0.3``. A checkpoint of another architecture
-        is rejected by `check_checkpoint_matches` instead.
+        ones such as ``--model.eval.tta true`` or ``--model.eval.threshold 0.3``; the checkpoint's settings are the
+        defaults instead (`parse_arguments`). A checkpoint of another architecture is rejected by
+        `check_checkpoint_matches`.
         """
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -122,12 +178,8 @@ class InkCLI(LightningCLI):
         return self._instantiate_trainer(trainer_config, extra_callbacks)
 
     def _check_ckpt_path(self) -> None:
-        """Resolves ``--ckpt_path last`` to the newest last.ckpt and checks the checkpoint fits the model."""
-        config = self.config_init[self.subcommand]
-        ckpt = config.get("ckpt_path")
-        if ckpt == "last":
-            ckpt = config["ckpt_path"] = str(find_last_checkpoint(self.trainer))
-            say(f"resuming from {ckpt}")
+        """Checks the checkpoint (``last`` was resolved while parsing) fits the model."""
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt not in (None, "best"):
             check_checkpoint_matches(ckpt, self.model)
         elif ckpt is None and self.subcommand in ("test", "predict", "validate"):
@@ -233,7 +285,7 @@ def cli_main(args: Sequence[str] | None = None) -> InkCLI:
         trainer_defaults={
             "logger": {
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "ink"},
+                "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": "ink"},
             },
         },
         auto_configure_optimizers=False,
