@@ -268,6 +268,22 @@ class InkDataModule(pl.LightningDataModule):
         used = sorted(set(self.tiles(split).windows[:, 0].tolist()))
         return {fragments[i].id: (fragments[i].height, fragments[i].width) for i in used}
 
+    def fragment_boxes(self, stage: str) -> dict[str, tuple[int, int, int, int]]:
+        """``{fragment_id: (y0, x0, y1, x1)}``: the bounding box of the stage's windows in each fragment.
+
+        Identical on every rank (the windows are); stitching allocates only these boxes (a region split's band).
+        """
+        split = _STAGE_SPLIT.get(stage, stage)
+        fragments, windows, size = self.fragments(split), self.tiles(split).windows, self.hparams.tile_size
+        boxes = {}
+        for i in sorted(set(windows[:, 0].tolist())):
+            mine = windows[windows[:, 0] == i]
+            frag = fragments[i]
+            y0, x0 = int(mine[:, 1].min()), int(mine[:, 2].min())
+            y1, x1 = min(frag.height, int(mine[:, 1].max()) + size), min(frag.width, int(mine[:, 2].max()) + size)
+            boxes[frag.id] = (y0, x0, y1, x1)
+        return boxes
+
     # ----------------------------------------------------------------------------------------- loaders
 
     def _rank(self) -> tuple[int, int]:

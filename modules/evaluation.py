@@ -16,7 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from modules.metrics import fragment_scores, overall_scores
+from modules.distributed import distributed_world
+from modules.metrics import InkScoreAccumulator
 from modules.stitching import FragmentStitcher, window_weights
 from modules.tta import tta_predict
 from utils.checks import check_int, check_threshold
@@ -31,7 +32,8 @@ class EvalConfig:
 
     Attributes:
         window: Stitching window: ``hann``, ``gaussian`` or ``uniform`` (see `window_weights`).
-        stitch_stride: Stitched maps are kept at 1/stitch_stride resolution (memory of large fragments).
+        stitch_stride: Stitched probabilities are kept at 1/stitch_stride resolution (memory of large fragments);
+            scores still count full-resolution pixels (the map is upsampled band by band when counting).
         tta: Average probabilities over the 8 flips/rotations at validation, test and prediction.
         threshold: Probability threshold of ``f05`` (and of the prediction writer's masks), in (0, 1).
     """
@@ -75,6 +77,9 @@ def new_stitcher(
 ) -> FragmentStitcher | None:
     """A stitcher over the data module's fragment shapes of the stage; None while the tile size is unknown.
 
+    A data module with ``fragment_boxes(stage)`` (``{fragment_id: (y0, x0, y1, x1)}``, identical on every rank)
+    limits validation and test buffers to those boxes.
+
     Raises:
         RuntimeError: the Trainer has no data module with ``fragment_shapes(stage)`` (bare dataloaders).
     """
@@ -88,40 +93,68 @@ def new_stitcher(
         )
     if tile_size is None:
         return None
+    # Only the box a stage scores is allocated (a region split's band); prediction maps cover whole fragments.
+    boxes_of = getattr(datamodule, "fragment_boxes", None)
+    boxes = boxes_of(stage) if callable(boxes_of) and prefix != "predict" else None
     return FragmentStitcher(
-        datamodule.fragment_shapes(stage), tile_size, window=config.window, stride=config.stitch_stride
+        datamodule.fragment_shapes(stage), tile_size, window=config.window, stride=config.stitch_stride, boxes=boxes
     )
 
 
-def labelled_maps(maps: Mapping[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
-    """The fragments that can be scored: with labels and at least one valid pixel."""
-    return {fid: m for fid, m in maps.items() if "label" in m and m["valid"].any()}
-
-
-def score_validation(labelled: Mapping[str, dict[str, np.ndarray]], threshold: float) -> dict[str, float]:
-    """``val/f05`` (at `threshold`), ``val/f05_best`` and ``val/threshold`` (a sweep), ``val/ap``."""
-    return {f"val/{k}": v for k, v in overall_scores(list(labelled.values()), threshold).items()}
-
-
-def score_test(
-    labelled: Mapping[str, dict[str, np.ndarray]], threshold: float, val_threshold: float | None, prefix: str = "test"
+def score_stitched(
+    stitcher: FragmentStitcher, prefix: str, threshold: float, val_threshold: float | None = None
 ) -> dict[str, float]:
-    """Test scores at the fixed threshold and at the one validation chose; a sweep on test is an oracle.
+    """Whole-fragment scores of a reduced stitcher, over full-resolution pixels inside valid; {} with none.
 
-    ``<prefix>/f05``, ``/ap``, ``/f05_oracle``, ``/threshold_oracle``, ``/<fragment_id>/f05``, and with a
-    `val_threshold` ``/f05_val_threshold`` and ``/val_threshold``.
+    Every rank counts its share of the row bands (`FragmentStitcher.bands`) and the counts are summed across ranks,
+    so each pixel is counted once and every rank returns the same scores (all ranks must call it). Fragments
+    without labels are not scored.
+
+    Returns:
+        Validation (``prefix="val"``): ``val/f05`` (at `threshold`), ``val/f05_best`` and ``val/threshold`` (a
+        sweep), ``val/ap``. Test: ``<prefix>/f05``, ``/ap``, the oracle ``/f05_oracle`` and ``/threshold_oracle``
+        (a sweep on test itself), ``/<fragment_id>/f05``, and with a `val_threshold` ``/f05_val_threshold`` and
+        ``/val_threshold``.
     """
-    maps = list(labelled.values())
-    overall = overall_scores(maps, threshold)
-    scores = {
-        f"{prefix}/f05": overall["f05"],
-        f"{prefix}/ap": overall["ap"],
-        f"{prefix}/f05_oracle": overall["f05_best"],
-        f"{prefix}/threshold_oracle": overall["threshold"],
+    rank, world = distributed_world()
+    labelled = [fid for fid in stitcher.fragment_ids if stitcher.labelled(fid)]
+    overall = InkScoreAccumulator(threshold)
+    test = prefix != "val"
+    at_val = InkScoreAccumulator(val_threshold, with_curve=False) if test and val_threshold is not None else None
+    per_fragment = {fid: InkScoreAccumulator(threshold, with_curve=False) for fid in labelled} if test else {}
+    for fid in labelled:
+        fed = [overall, *([at_val] if at_val else []), *([per_fragment[fid]] if test else [])]
+        for prob, label, valid in stitcher.bands(fid, rank=rank, world=world):
+            for acc in fed:
+                acc.update(prob, label, valid)
+    for acc in (overall, at_val, *per_fragment.values()):
+        if acc is not None:
+            acc.all_reduce()
+    if overall.count == 0:
+        return {}
+    scores = overall.compute()
+    if not test:
+        return {f"val/{k}": v for k, v in scores.items()}
+    out = {
+        f"{prefix}/f05": scores["f05"],
+        f"{prefix}/ap": scores["ap"],
+        f"{prefix}/f05_oracle": scores["f05_best"],
+        f"{prefix}/threshold_oracle": scores["threshold"],
     }
-    if val_threshold is not None:
-        scores[f"{prefix}/f05_val_threshold"] = overall_scores(maps, val_threshold)["f05"]
-        scores[f"{prefix}/val_threshold"] = val_threshold
-    for fid, m in labelled.items():
-        scores[f"{prefix}/{fid}/f05"] = fragment_scores(m["prob"], m["label"], m["valid"], threshold)["f05"]
-    return scores
+    if at_val is not None:
+        out[f"{prefix}/f05_val_threshold"] = at_val.compute()["f05"]
+        out[f"{prefix}/val_threshold"] = float(val_threshold)  # type: ignore[arg-type]
+    for fid, acc in per_fragment.items():
+        if acc.count > 0:
+            out[f"{prefix}/{fid}/f05"] = acc.compute()["f05"]
+    return out
+
+
+def callback_maps(stitcher: FragmentStitcher, prefix: str) -> dict[str, dict[str, object]]:
+    """The maps `InkModule.last_eval_maps` keeps, freeing the stitcher's buffers fragment by fragment.
+
+    Validation maps stay in memory through training for the callbacks (images), so their probabilities are kept as
+    float16 (scores are counted before, from the float32 map); test and prediction maps keep float32.
+    """
+    dtype = np.float16 if prefix == "val" else np.float32
+    return {fid: stitcher.result(fid, prob_dtype=dtype, release=True) for fid in stitcher.fragment_ids}

@@ -24,12 +24,11 @@ from modules.components.ink_net import NetConfig, build_net
 from modules.evaluation import (
     EVAL_STAGES,
     EvalConfig,
+    callback_maps,
     datamodule_tile_size,
     eval_probabilities,
-    labelled_maps,
     new_stitcher,
-    score_test,
-    score_validation,
+    score_stitched,
 )
 from modules.losses import InkLoss, LossConfig, check_finite
 from modules.optimization import OptimConfig, configure_optimization
@@ -52,10 +51,11 @@ class InkModule(pl.LightningModule):
     epoch end and scored with F0.5 over each whole fragment: ``val/f05``, ``val/f05_best``, ``val/threshold``,
     ``val/ap``. Test never tunes a threshold on itself: ``test/f05`` (at ``eval.threshold``),
     ``test/f05_val_threshold`` (at `val_threshold`, the best threshold of the latest validation, saved in
-    checkpoints), ``test/ap``, ``test/<fragment_id>/f05``, and the labelled upper bound ``test/f05_oracle``. The maps
-    of the last evaluation are kept in `last_eval_maps` (``{fragment_id: {"prob", "valid"[, "label"]}}``); they are
-    set in the module's ``on_{validation,test,predict}_epoch_end``, which Lightning runs after the callbacks' hooks
-    of the same name, so callbacks read them in ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``.
+    checkpoints), ``test/ap``, ``test/<fragment_id>/f05``, and the labelled upper bound ``test/f05_oracle``. Scores
+    count full-resolution pixels inside the mask whatever ``eval.stitch_stride`` is. The maps of the last evaluation
+    are kept in `last_eval_maps` (``{fragment_id: {"prob", "valid"[, "label"], "box"}}``); they are set in
+    the module's ``on_{validation,test,predict}_epoch_end``, which Lightning runs after the callbacks' hooks of the
+    same name, so callbacks read them in ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``.
     Callbacks read the settings from `net_config`, `loss_config`, `eval_config` and `optim_config` (always the
     dataclasses, whereas ``hparams`` holds what was given: dataclasses in Python, plain dicts from LightningCLI).
 
@@ -224,29 +224,25 @@ class InkModule(pl.LightningModule):
         return probs
 
     def _finish_eval(self, prefix: str) -> None:
-        """Reduces the maps across ranks, keeps them in `last_eval_maps` and logs whole-fragment scores."""
+        """Reduces the maps across ranks, logs whole-fragment scores and keeps the maps in `last_eval_maps`."""
         stitcher, self.stitcher = self.stitcher, None
         if stitcher is None:
             return
+        self.last_eval_maps = {}  # the previous evaluation's maps go before this one's are built
         stitcher.reduce()
-        self.last_eval_maps = {fid: stitcher.result(fid) for fid in stitcher.fragment_ids}
+        stitcher.finish()  # the weight sums are freed before anything else is built
         self.last_eval_stage = EVAL_STAGES[prefix]
         self.last_eval_scores = {}
-        if prefix == "predict" or self.trainer.sanity_checking:
-            return
-        labelled = labelled_maps(self.last_eval_maps)
-        if not labelled:
-            return
-        threshold = self.eval_config.threshold
-        if prefix == "val":
-            scores = score_validation(labelled, threshold)
-            self.val_threshold = scores["val/threshold"]
-        else:
-            scores = score_test(labelled, threshold, self.val_threshold, prefix)
-        self.last_eval_scores = scores
-        # Every rank holds the same reduced maps, hence the same scores; sync_dist only averages equal values.
-        for name, value in scores.items():
-            self.log(name, value, sync_dist=True, prog_bar=name == f"{prefix}/f05")
+        if prefix != "predict" and not self.trainer.sanity_checking:
+            # Full-resolution counts, each rank counting its share of the rows: every rank gets the same scores.
+            scores = score_stitched(stitcher, prefix, self.eval_config.threshold, self.val_threshold)
+            if scores and prefix == "val":
+                self.val_threshold = scores["val/threshold"]
+            self.last_eval_scores = scores
+            for name, value in scores.items():
+                # Equal on every rank already; sync_dist only averages equal values (and keeps Lightning quiet).
+                self.log(name, value, sync_dist=True, prog_bar=name == f"{prefix}/f05")
+        self.last_eval_maps = callback_maps(stitcher, prefix)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keeps the threshold chosen on validation with the weights it was chosen for."""

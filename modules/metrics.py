@@ -1,30 +1,24 @@
 """Whole-fragment ink scores: F0.5 at a threshold, the best F0.5 over a threshold sweep, average precision.
 
-The task is scored with F0.5 over every pixel inside a fragment's mask, so these functions take
-stitched whole-fragment maps (see :mod:`modules.stitching`), never tiles. A real fragment has about
-141 M pixels, so nothing here holds per-pixel state: pixels are fed in chunks of
-``_CHUNK_NUMEL`` into torchmetrics metrics whose states are O(1) (``BinaryFBetaScore``) or
-O(num_thresholds) (a binned ``BinaryPrecisionRecallCurve``). One binned curve gives both the F0.5 at
-every threshold of the sweep and the average precision, computed exactly as
-``BinaryAveragePrecision(thresholds=num_thresholds)`` does.
-
-Both metrics keep torchmetrics' states and ``compute`` but replace ``update`` with a faster count
-that yields the very same states (the tests check this against the stock metrics): the binned
-curve histograms predictions (``bucketize`` + ``bincount``) where torchmetrics loops over the
-thresholds for large inputs (0.36 s against 7.4 s per 4 M pixels with 101 thresholds on 2 busy CPU
-cores), and F-beta counts ``tp``, predicted and actual positives directly. Measured on 2 heavily
-shared CPU cores: a whole 14830 × 9506 fragment (141 M pixels) scores in about 45 s with about
-100 MB of working memory, its 1/4-resolution map (8.8 M pixels) in about 5 s; torchmetrics' stock
-updates would take several minutes.
+The task is scored with F0.5 over every pixel inside a fragment's mask, so these functions take whole-fragment
+maps (or full-resolution bands of them, see :mod:`modules.evaluation`), never tiles. A real fragment has about
+141 M pixels, so nothing here holds per-pixel state: pixels are fed in chunks of ``_CHUNK_NUMEL`` into exact
+int64 counts, O(1) for the fixed threshold and O(num_thresholds) for the sweep (a histogram of the
+probabilities over the thresholds: ``bucketize`` + ``bincount``). Scores are computed from the counts in
+float64, so counts beyond 2^24 pixels stay exact (torchmetrics' compute divides in float32). The sweep's
+counts and average precision follow torchmetrics' binned ``BinaryPrecisionRecallCurve`` /
+``BinaryAveragePrecision`` (the tests compare them where no probability ties a threshold). Counts of several
+DDP ranks are summed with :meth:`InkScoreAccumulator.all_reduce`, so each rank can score its own share of
+the pixels.
 
 Conventions:
 
-- F0.5 at ``threshold`` counts ``prob > threshold`` as ink (torchmetrics' ``BinaryFBetaScore``); the
-  sweep counts ``prob >= t`` for ``t`` in ``linspace(0, 1, num_thresholds)`` (torchmetrics' binned
-  curves). The two only differ for probabilities exactly equal to a threshold.
+- Probabilities are compared in float32, and a pixel counts as ink when ``prob > threshold``, strictly: at the
+  fixed threshold of ``f05`` and at every threshold ``t`` in ``linspace(0, 1, num_thresholds)`` of the sweep and
+  AP alike (and in the prediction writer's masks). A probability exactly on a threshold is not ink there, so
+  the sweep's F0.5 at ``t`` equals ``fbeta_at(..., t)``.
 - No ink in the labels and none predicted (``tp = fp = fn = 0``): F0.5 is 1 (the empty prediction is
-  perfect). No ink in the labels but some predicted: F0.5 is 0 (``tp = 0``). This is
-  ``zero_division=1`` in torchmetrics' F-beta.
+  perfect). No ink in the labels but some predicted: F0.5 is 0 (``tp = 0``).
 - Ties in the sweep pick the lowest threshold reaching the best F0.5.
 - Average precision is 0 when the labels hold no ink (torchmetrics maps the undefined recall to 0).
 - No valid pixel at all is an error: there is nothing to score.
@@ -36,8 +30,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torchmetrics.classification import BinaryFBetaScore, BinaryPrecisionRecallCurve
 
+from modules.distributed import all_reduce_sum
 from utils.checks import check_int, check_range
 
 __all__ = ["InkScoreAccumulator", "fbeta_at", "fragment_scores", "overall_scores"]
@@ -48,54 +42,19 @@ ArrayLike = np.ndarray | torch.Tensor
 _CHUNK_NUMEL = 1 << 22
 
 
-class _HistogramPRCurve(BinaryPrecisionRecallCurve):
-    """Binned precision-recall curve whose update histograms predictions instead of looping over thresholds.
-
-    State (``confmat``: ``[num_thresholds, 2, 2]`` counts of ``pred >= t``) and ``compute`` are
-    torchmetrics' own. ``update`` expects already validated 1-D probabilities and 0/1 targets.
-    """
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Adds the multi-threshold confusion matrix of one chunk."""
-        thresholds = self.thresholds.to(preds.dtype)
-        n_t = thresholds.numel()
-        # bins[i] = number of thresholds <= preds[i]; preds >= thresholds[j] exactly when bins > j.
-        bins = torch.bucketize(preds, thresholds, right=True)
-        hist = torch.bincount(bins * 2 + target.long(), minlength=2 * (n_t + 1)).reshape(n_t + 1, 2)
-        at_or_above = hist.flip(0).cumsum(0).flip(0)[1:]
-        total = hist.sum(0)
-        confmat = torch.empty((n_t, 2, 2), dtype=torch.long, device=preds.device)
-        confmat[:, 1, 1] = at_or_above[:, 1]
-        confmat[:, 0, 1] = at_or_above[:, 0]
-        confmat[:, 1, 0] = total[1] - at_or_above[:, 1]
-        confmat[:, 0, 0] = total[0] - at_or_above[:, 0]
-        self.confmat += confmat
-
-
-class _CountingFBeta(BinaryFBetaScore):
-    """Binary F-beta whose update counts ``pred > threshold`` directly.
-
-    torchmetrics' own update goes through generic formatting and four comparisons over int64 copies;
-    counting ``tp``, predicted and actual positives needs three cheap passes. State and ``compute``
-    are torchmetrics' own. ``update`` expects already validated 1-D probabilities and 0/1 targets.
-    """
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Adds the confusion counts of one chunk at the fixed threshold."""
-        pred = preds > self.threshold
-        pos = target.bool()
-        tp = (pred & pos).sum()
-        n_pred = pred.sum()
-        n_pos = pos.sum()
-        self._update_state(tp, n_pred - tp, pos.numel() - n_pred - n_pos + tp, n_pos - tp)
-
-
 def _fbeta_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, beta: float) -> torch.Tensor:
+    """F-beta in float64 from int64 counts; 1 where ``tp = fp = fn = 0`` (nothing to find, nothing predicted)."""
     beta2 = beta**2
     num = (1 + beta2) * tp.double()
     den = num + beta2 * fn.double() + fp.double()
-    # Same zero_division=1 convention as the BinaryFBetaScore used for the fixed threshold.
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.ones_like(den))
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` in float64, 0 where ``den`` is 0."""
+    return torch.where(
+        den > 0, num.double() / den.double().clamp_min(1e-300), torch.zeros_like(den, dtype=torch.float64)
+    )
 
 
 def _flat(x: ArrayLike) -> ArrayLike:
@@ -135,6 +94,7 @@ def _masked_chunks(
                 f"prob must lie in [0, 1] inside valid (probabilities, not logits); got range "
                 f"[{float(p.min())}, {float(p.max())}] or NaN"
             )
+        p = p.to(torch.float32)  # every comparison in float32, so the sweep and the fixed threshold agree on ties
         if t.dtype == torch.bool:
             t = t.to(torch.uint8)
         elif not bool(((t == 0) | (t == 1)).all()):
@@ -143,19 +103,18 @@ def _masked_chunks(
 
 
 class InkScoreAccumulator:
-    """Streams whole-fragment pixels into bounded-memory metric states.
+    """Streams pixels into exact int64 counts: F-beta at a threshold, and a threshold sweep with AP.
 
-    Feed several fragments into one accumulator to get the whole-data scores (every valid pixel of
-    every fragment counts once), not a mean of per-fragment numbers. Metrics never synchronise across
-    DDP ranks (``sync_on_compute=False``): stitched maps are already complete on each rank after
-    ``FragmentStitcher.reduce``, and rank-zero-only scoring must not wait on other ranks.
+    Feed several fragments into one accumulator to get the whole-data scores (every valid pixel of every
+    fragment counts once), not a mean of per-fragment numbers. Under DDP, ranks may each feed a disjoint share
+    of the pixels and call :meth:`all_reduce` (a collective) before :meth:`compute`.
 
     Args:
         threshold: Probability above which a pixel counts as ink for ``f05``.
         num_thresholds: Number of evenly spaced thresholds in ``[0, 1]`` for the sweep and AP.
         beta: F-beta's beta (0.5 for the competition metric).
-        with_curve: Also keep the binned precision-recall curve (needed for f05_best, threshold and ap).
-        device: Where the metric states live and the counting happens.
+        with_curve: Also keep the sweep's histogram (needed for f05_best, threshold and ap).
+        device: Where the counts live and the counting happens.
 
     Raises:
         ValueError: A threshold outside [0, 1], fewer than 2 thresholds or a non-positive beta.
@@ -176,15 +135,18 @@ class InkScoreAccumulator:
         self.threshold = float(threshold)
         self.beta = float(beta)
         self.device = torch.device(device)
-        self.count = 0
-        self._fbeta = _CountingFBeta(
-            beta=self.beta, threshold=self.threshold, validate_args=False, zero_division=1, sync_on_compute=False
-        ).to(self.device)
-        self._curve: _HistogramPRCurve | None = None
-        if with_curve:
-            self._curve = _HistogramPRCurve(thresholds=num_thresholds, validate_args=False, sync_on_compute=False).to(
-                self.device
-            )
+        self._threshold32 = torch.tensor(self.threshold, dtype=torch.float32, device=self.device)
+        # Same grid as torchmetrics' binned curves.
+        self.thresholds = torch.linspace(0, 1, num_thresholds, dtype=torch.float32, device=self.device)
+        # [pixels, positives, predicted, true positives] at `threshold`.
+        self._counts = torch.zeros(4, dtype=torch.int64, device=self.device)
+        # hist[k, c]: pixels of class c with exactly k thresholds strictly below their probability.
+        self._hist = torch.zeros((num_thresholds + 1, 2), dtype=torch.int64, device=self.device) if with_curve else None
+
+    @property
+    def count(self) -> int:
+        """Pixels counted so far (on this rank until :meth:`all_reduce`)."""
+        return int(self._counts[0])
 
     def update(self, prob: ArrayLike, label: ArrayLike, valid: ArrayLike) -> None:
         """Adds the pixels of one map where ``valid`` is nonzero.
@@ -199,13 +161,36 @@ class InkScoreAccumulator:
                 inside ``valid``.
         """
         for p, t in _masked_chunks(prob, label, valid, self.device):
-            self._fbeta.update(p, t)
-            if self._curve is not None:
-                self._curve.update(p, t)
-            self.count += p.numel()
+            pos = t.bool()
+            pred = p > self._threshold32
+            self._counts += torch.stack([torch.tensor(p.numel()), pos.sum(), pred.sum(), (pred & pos).sum()])
+            if self._hist is not None:
+                # bins = number of thresholds strictly below p: p > thresholds[j] exactly when bins > j.
+                bins = torch.bucketize(p, self.thresholds, right=False)
+                n_bins = self._hist.shape[0]
+                self._hist += torch.bincount(bins * 2 + pos.long(), minlength=2 * n_bins).reshape(n_bins, 2)
+
+    def all_reduce(self) -> None:
+        """Sums the counts of every DDP rank (a collective); a no-op without an initialised process group."""
+        parts = [self._counts] + ([self._hist.view(-1)] if self._hist is not None else [])
+        total = all_reduce_sum(torch.cat(parts))
+        self._counts.copy_(total[:4])
+        if self._hist is not None:
+            self._hist.view(-1).copy_(total[4:])
+
+    def confmat(self) -> torch.Tensor:
+        """int64 ``[num_thresholds, 2, 2]`` counts ``[target, pred]`` of ``prob > t`` (torchmetrics' layout)."""
+        if self._hist is None:
+            raise RuntimeError("InkScoreAccumulator(with_curve=False) keeps no sweep")
+        above = self._hist.flip(0).cumsum(0).flip(0)[1:]  # above[j, c]: class-c pixels with bins > j
+        total = self._hist.sum(0)
+        confmat = torch.empty((above.shape[0], 2, 2), dtype=torch.int64, device=self.device)
+        confmat[:, 1, 1], confmat[:, 0, 1] = above[:, 1], above[:, 0]
+        confmat[:, 1, 0], confmat[:, 0, 0] = total[1] - above[:, 1], total[0] - above[:, 0]
+        return confmat
 
     def compute(self) -> dict[str, float]:
-        """Scores of everything added so far.
+        """Scores of everything counted so far.
 
         Returns:
             ``{"f05": F-beta at threshold}`` plus, with the curve, ``"f05_best"`` (best F-beta over the
@@ -216,16 +201,18 @@ class InkScoreAccumulator:
         """
         if self.count == 0:
             raise ValueError("no valid pixels to score: every pixel is outside valid (empty mask or no coverage)")
-        scores = {"f05": float(self._fbeta.compute())}
-        if self._curve is not None:
-            confmat = self._curve.confmat
-            fbetas = _fbeta_from_counts(confmat[:, 1, 1], confmat[:, 0, 1], confmat[:, 1, 0], self.beta)
+        _, n_pos, n_pred, tp = self._counts
+        scores = {"f05": float(_fbeta_from_counts(tp, n_pred - tp, n_pos - tp, self.beta))}
+        if self._hist is not None:
+            confmat = self.confmat()
+            tps, fps, fns = confmat[:, 1, 1], confmat[:, 0, 1], confmat[:, 1, 0]
+            fbetas = _fbeta_from_counts(tps, fps, fns, self.beta)
             best = int(torch.argmax(fbetas))  # first maximum: the lowest threshold among ties
-            precision, recall, _ = self._curve.compute()
-            precision = torch.nan_to_num(precision, nan=0.0)
-            recall = torch.nan_to_num(recall, nan=0.0)
+            one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+            precision = torch.cat([_ratio(tps, tps + fps).cpu(), one])
+            recall = torch.cat([_ratio(tps, tps + fns).cpu(), zero])
             scores["f05_best"] = float(fbetas[best])
-            scores["threshold"] = float(self._curve.thresholds[best])
+            scores["threshold"] = float(self.thresholds[best])
             scores["ap"] = float(-torch.sum((recall[1:] - recall[:-1]) * precision[:-1]))
         return scores
 

@@ -40,45 +40,82 @@ def _linear_weights(stored: int, scale: float, start: int, stop: int) -> tuple[n
     return i0, i1, (pos - i0).astype(np.float32)
 
 
+def band_rows(full_shape: tuple[int, int], band_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:
+    """Row ranges ``(r0, r1)`` of about `band_pixels` full-resolution pixels each, covering ``full_shape``."""
+    height, width = full_shape
+    rows = max(1, band_pixels // max(1, width))
+    return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+
+
+def _scales(stored: tuple[int, int], full_shape: tuple[int, int], stride: int | None) -> tuple[float, float]:
+    if stride is not None:
+        for axis in (0, 1):
+            if -(-full_shape[axis] // stride) != stored[axis]:
+                raise ValueError(f"a map of shape {stored} is not {full_shape} at 1/{stride} resolution")
+        return float(stride), float(stride)
+    return _axis_scale(full_shape[0], stored[0]), _axis_scale(full_shape[1], stored[1])
+
+
+def prob_band(prob: np.ndarray, full_shape: tuple[int, int], r0: int, r1: int, stride: int | None = None) -> np.ndarray:
+    """Rows ``r0..r1-1`` of ``prob`` bilinearly upsampled to ``full_shape`` (float32 ``[r1 - r0, W]``).
+
+    Args:
+        prob: float ``[h, w]`` map; stored pixel ``(i, j)`` covers the full-resolution block starting at
+            ``(i * s, j * s)``.
+        full_shape: ``(H, W)`` with ``H >= h`` and ``W >= w``.
+        r0: First full-resolution row.
+        r1: One past the last row.
+        stride: The stitch stride ``s`` when known (exact); None: inferred from the shapes.
+
+    Raises:
+        ValueError: ``stride`` does not explain the shapes.
+    """
+    h, w = prob.shape
+    if (h, w) == tuple(full_shape):
+        return prob[r0:r1].astype(np.float32, copy=False)
+    sy, sx = _scales((h, w), full_shape, stride)
+    j0, j1, wx = _linear_weights(w, sx, 0, full_shape[1])
+    i0, i1, wy = _linear_weights(h, sy, r0, r1)
+    top = prob[i0].astype(np.float32, copy=False)
+    mixed = top + (prob[i1].astype(np.float32, copy=False) - top) * wy[:, None]
+    # In place, so a band costs two full-width float32 arrays.
+    band = mixed[:, j1]
+    left = mixed[:, j0]
+    band -= left
+    band *= wx[None, :]
+    band += left
+    return band
+
+
 def full_resolution_bands(
-    prob: np.ndarray, valid: np.ndarray, full_shape: tuple[int, int], band_pixels: int = BAND_PIXELS
+    prob: np.ndarray,
+    valid: np.ndarray,
+    full_shape: tuple[int, int],
+    band_pixels: int = BAND_PIXELS,
+    stride: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields ``(prob, valid)`` row bands of the maps upsampled to ``full_shape``, top to bottom.
 
-    Probabilities are interpolated bilinearly, ``valid`` by nearest neighbour. A stored pixel ``(i, j)`` of a
-    map kept at ``1/s`` resolution covers the full-resolution block starting at ``(i * s, j * s)`` (as
-    `modules.stitching.FragmentStitcher` stores them). Maps already at full resolution are sliced, not copied.
+    Probabilities are interpolated bilinearly (`prob_band`), ``valid`` by nearest neighbour. A stored pixel
+    ``(i, j)`` of a map kept at ``1/s`` resolution covers the full-resolution block starting at ``(i * s, j * s)``
+    (as `modules.stitching.FragmentStitcher` stores them). Maps already at full resolution are sliced, not copied.
 
     Args:
         prob: float ``[h, w]`` probabilities.
         valid: bool ``[h, w]``.
         full_shape: ``(H, W)`` with ``H >= h`` and ``W >= w``.
         band_pixels: Full-resolution pixels per band (bounds memory).
+        stride: The stitch stride when known; None: inferred from the shapes.
 
     Yields:
         float32 ``[n, W]`` probabilities and bool ``[n, W]`` valid flags.
     """
     h, w = prob.shape
-    height, width = full_shape
-    rows = max(1, band_pixels // width)
-    if (h, w) == (height, width):
-        for r0 in range(0, height, rows):
-            yield prob[r0 : r0 + rows].astype(np.float32, copy=False), valid[r0 : r0 + rows]
-        return
-    sy, sx = _axis_scale(height, h), _axis_scale(width, w)
-    cols_nearest = _nearest_index(w, sx, 0, width)
-    j0, j1, wx = _linear_weights(w, sx, 0, width)
-    for r0 in range(0, height, rows):
-        r1 = min(height, r0 + rows)
-        i0, i1, wy = _linear_weights(h, sy, r0, r1)
-        top = prob[i0].astype(np.float32, copy=False)
-        mixed = top + (prob[i1] - top) * wy[:, None]
-        # In place, so a band costs two full-width float32 arrays.
-        band = mixed[:, j1]
-        left = mixed[:, j0]
-        band -= left
-        band *= wx[None, :]
-        band += left
-        del left
-        valid_band = valid[np.ix_(_nearest_index(h, sy, r0, r1), cols_nearest)]
+    same = (h, w) == tuple(full_shape)
+    if not same:
+        sy, sx = _scales((h, w), full_shape, stride)
+        cols_nearest = _nearest_index(w, sx, 0, full_shape[1])
+    for r0, r1 in band_rows(full_shape, band_pixels):
+        band = prob_band(prob, full_shape, r0, r1, stride)
+        valid_band = valid[r0:r1] if same else valid[np.ix_(_nearest_index(h, sy, r0, r1), cols_nearest)]
         yield band, valid_band

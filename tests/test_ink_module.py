@@ -233,7 +233,9 @@ def test_fit_test_predict_score_whole_fragments_and_freeze_the_encoder_first() -
         assert name in metrics and torch.isfinite(metrics[name]), name
     assert record.maps_at_validation_end == [{"frag_a", "frag_b"}] * 2
     maps = module.last_eval_maps["frag_a"]
-    assert maps["prob"].shape == (32, 32) and maps["prob"].dtype == np.float32  # stitch_stride 2
+    # stitch_stride 2; validation maps are kept as float16 through training (scores come from float32 counts).
+    assert maps["prob"].shape == (32, 32) and maps["prob"].dtype == np.float16
+    assert maps["box"] == (0, 0, 64, 64)
     # Every stored pixel is covered by a tile; valid follows the mask (majority of each 2×2 block).
     expected_valid = data.fragments["frag_a"][2].reshape(32, 2, 32, 2).mean((1, 3)).numpy() >= 0.5
     assert np.array_equal(maps["valid"], expected_valid)

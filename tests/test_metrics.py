@@ -74,13 +74,14 @@ def test_sweep_and_ap_match_stock_torchmetrics_curves() -> None:
     acc.update(prob, label, valid)
     stock_curve = BinaryPrecisionRecallCurve(thresholds=101)
     stock_curve.update(p, t)
-    assert acc._curve is not None
-    assert torch.equal(acc._curve.confmat, stock_curve.confmat)
+    # No probability ties a threshold here, so torchmetrics' `>=` and our `>` count the same pixels.
+    assert not np.isin(prob[valid], torch.linspace(0, 1, 101).numpy()).any()
+    assert torch.equal(acc.confmat(), stock_curve.confmat)
     scores = acc.compute()
     assert scores["ap"] == pytest.approx(float(BinaryAveragePrecision(thresholds=101)(p, t)), abs=1e-7)
-    # Brute force over the same thresholds (prob >= t counts as ink in the sweep).
+    # Brute force over the same thresholds (prob > t counts as ink in the sweep).
     thresholds = torch.linspace(0, 1, 101).numpy()
-    best = max((_hand_fbeta(prob[valid] >= th, label[valid]), -i) for i, th in enumerate(thresholds))
+    best = max((_hand_fbeta(prob[valid] > th, label[valid]), -i) for i, th in enumerate(thresholds))
     assert scores["f05_best"] == pytest.approx(best[0], abs=1e-9)
     assert scores["threshold"] == pytest.approx(float(thresholds[-best[1]]))
     assert scores["f05_best"] >= scores["f05"]
@@ -192,3 +193,52 @@ def test_overall_scores_pool_pixels_not_fragment_means() -> None:
     assert abs(pooled["f05"] - float(np.mean(per_fragment))) > 0.05
     with pytest.raises(ValueError, match=r"results\[0\] lacks \['label'\]"):
         overall_scores([{"prob": big["prob"], "valid": big["valid"]}])
+
+
+def test_probabilities_on_a_threshold_are_not_ink_in_f05_sweep_and_ap_alike() -> None:
+    # Every probability sits exactly on a threshold of the 5-point grid 0, 0.25, 0.5, 0.75, 1 (exact in float32).
+    prob = np.array([0.0, 0.25, 0.5, 0.5, 0.75, 1.0, 0.25, 0.75], dtype=np.float32)
+    label = np.array([0, 0, 1, 0, 1, 1, 1, 0], dtype=np.uint8)
+    valid = np.ones_like(label, dtype=bool)
+    acc = InkScoreAccumulator(threshold=0.5, num_thresholds=5)
+    acc.update(prob, label, valid)
+    confmat = acc.confmat()
+    for j, t in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
+        pred = prob > t  # strictly above: a probability on the threshold is not ink
+        assert int(confmat[j, 1, 1]) == int(np.sum(pred & (label == 1)))
+        assert int(confmat[j, 0, 1]) == int(np.sum(pred & (label == 0)))
+        # The sweep's F0.5 at t is the fixed-threshold F0.5 at t.
+        sweep = float(metrics._fbeta_from_counts(confmat[j, 1, 1], confmat[j, 0, 1], confmat[j, 1, 0], 0.5))
+        assert sweep == pytest.approx(fbeta_at(prob, label, valid, t), abs=1e-15)
+        assert sweep == pytest.approx(_hand_fbeta(pred, label) if pred.any() else 0.0, abs=1e-12)
+    scores = acc.compute()
+    # At 0.5: pred {0.75, 1.0, 0.75} -> tp=2, fp=1, fn=2 (the 0.5 ink pixel is not predicted).
+    assert scores["f05"] == pytest.approx(_hand_fbeta(prob > 0.5, label), abs=1e-12)
+    # The best threshold of the sweep, applied as a fixed threshold, gives the best F0.5 exactly.
+    assert fbeta_at(prob, label, valid, scores["threshold"]) == pytest.approx(scores["f05_best"], abs=1e-15)
+    # AP from the strict-inequality curve: points (recall, precision) by hand.
+    tps = np.array([int(np.sum((prob > t) & (label == 1))) for t in (0.0, 0.25, 0.5, 0.75, 1.0)])
+    fps = np.array([int(np.sum((prob > t) & (label == 0))) for t in (0.0, 0.25, 0.5, 0.75, 1.0)])
+    precision = np.append(np.where(tps + fps > 0, tps / np.maximum(tps + fps, 1), 0.0), 1.0)
+    recall = np.append(tps / 4, 0.0)
+    assert scores["ap"] == pytest.approx(float(-np.sum((recall[1:] - recall[:-1]) * precision[:-1])), abs=1e-12)
+
+
+def test_counts_beyond_2_to_the_24_are_exact() -> None:
+    # 2^24 + 3 pixels of three constant parts; float32 counts would round 2^24 + 1 to 2^24.
+    n = (1 << 24) + 3
+    prob = torch.full((n,), 0.9, dtype=torch.float32)
+    label = torch.ones(n, dtype=torch.uint8)
+    prob[:2] = 0.1  # two missed ink pixels (fn = 2)
+    label[-1] = 0  # one false alarm (fp = 1)
+    acc = InkScoreAccumulator(threshold=0.5, num_thresholds=3)
+    acc.update(prob, label, torch.ones(n, dtype=torch.bool))
+    tp, fp, fn = n - 3, 1, 2
+    exact = 1.25 * tp / (1.25 * tp + 0.25 * fn + fp)
+    assert acc.count == n
+    scores = acc.compute()
+    assert scores["f05"] == exact  # float64 from int64 counts, no float32 rounding anywhere
+    # At t = 0 every pixel is predicted: tp = n - 1, fp = 1, fn = 0, the best of the sweep.
+    assert scores["f05_best"] == 1.25 * (n - 1) / (1.25 * (n - 1) + 1) and scores["threshold"] == 0.0
+    confmat = acc.confmat()
+    assert int(confmat[1, 1, 1]) == tp and int(confmat[1, 0, 1]) == fp and int(confmat[1, 1, 0]) == fn

@@ -161,7 +161,8 @@ def test_valid_and_labels_are_stitched() -> None:
     _add_identity(st, "a", full, corners, valid=mask, label=label)
     res = st.result("a")
     assert res["label"].dtype == np.uint8
-    np.testing.assert_array_equal(res["label"][:, :80], label[:, :80])
+    # Ink is kept inside valid only (outside it nothing is scored).
+    np.testing.assert_array_equal(res["label"][:, :80], label[:, :80] * mask[:, :80])
     assert not res["label"][:, 80:].any()
     np.testing.assert_array_equal(res["valid"][:, :80], mask[:, :80])
     assert not res["valid"][:, 80:].any()
@@ -187,12 +188,12 @@ def test_bad_tiles_raise_and_leave_no_partial_sums() -> None:
         st.add(["a", "b"], torch.tensor([[0, 0], [40, 0]]), probs, ones)
     with pytest.raises(ValueError, match=r"yx=\(0, -4\)"):
         st.add(["a", "a"], torch.tensor([[0, 0], [0, -4]]), probs, ones)
-    # The valid first tile of each rejected batch was not added.
-    assert not st.result("a")["valid"].any()
     with pytest.raises(ValueError, match="probs must be a tensor of shape"):
         st.add(["a"], torch.tensor([[0, 0]]), torch.rand(1, 1, 16, 16), torch.ones(1, 1, 16, 16))
     with pytest.raises(ValueError, match="yx must be a tensor of shape"):
         st.add(["a", "a"], torch.tensor([[0, 0]]), probs, ones)
+    # The valid first tile of each rejected batch was not added.
+    assert not st.result("a")["valid"].any()
     with pytest.raises(ValueError, match="unknown fragment id 'zz'"):
         st.result("zz")
     with pytest.raises(ValueError, match="shape of fragment 'c'"):
@@ -212,9 +213,11 @@ def test_reduce_without_process_group_is_noop_and_guards_double_counting() -> No
     with pytest.raises(RuntimeError, match="after reduce"):
         _add_identity(st, "a", full, [(0, 0)])
     st.reset()
-    assert not st.result("a")["valid"].any()
     _add_identity(st, "a", full, [(0, 0)])
-    assert st.result("a")["valid"][:TILE, :TILE].all()
+    valid = st.result("a")["valid"]
+    assert valid[:TILE, :TILE].all() and not valid[TILE:].any()
+    with pytest.raises(RuntimeError, match="finish"):
+        _add_identity(st, "a", full, [(0, 0)])
 
 
 # ---------------------------------------------------------------- DDP
@@ -272,7 +275,7 @@ def test_ddp_reduce_matches_single_process(tmp_path: Path) -> None:
         expected = single.result(fid)
         for rank in range(world):
             got = dict(np.load(tmp_path / f"rank{rank}_{fid}.npz"))
-            assert set(got) == {"prob", "valid", "label"}
+            assert set(got) == {"prob", "valid", "label", "box"}
             np.testing.assert_allclose(got["prob"], expected["prob"], atol=1e-6)
             np.testing.assert_array_equal(got["valid"], expected["valid"])
             np.testing.assert_array_equal(got["label"], expected["label"])
