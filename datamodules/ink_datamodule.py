@@ -134,9 +134,15 @@ class InkDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------------------- preparation
 
     def prepare_data(self) -> None:
-        """Makes the demo fragments if asked, and converts compressed or tiled slices to the mappable cache."""
+        """Makes the demo fragments if asked, and converts compressed or tiled slices to the mappable cache.
+
+        Prepares the folder the trainer's stage reads: ``predict_dir`` when predicting, ``data_dir`` otherwise.
+        """
         hp = self.hparams
-        if hp.demo and not _has_fragments(self.data_dir):
+        predicting = self.trainer is not None and self.trainer.state.fn == "predict"
+        folder = Path(hp.predict_dir) if predicting and hp.predict_dir else self.data_dir
+        if hp.demo and folder == self.data_dir and not _has_fragments(self.data_dir):
+            _check_demo_folder(self.data_dir, hp.demo_fragments)
             make_demo_data(
                 self.data_dir,
                 num_fragments=hp.demo_fragments,
@@ -145,10 +151,22 @@ class InkDataModule(pl.LightningDataModule):
                 ink_contrast=hp.demo_ink_contrast,
             )
         margin = self._depth_margin
-        for fragment in self._open(self.data_dir, require_labels=False):
+        for fragment in self._open(folder, require_labels=False):
             fragment.prepare_cache(fragment.z_start - margin, fragment.z_end + margin)
 
-    def _open(self, folder: Path, *, require_labels: bool, names: Sequence[str] | None = None) -> list[Fragment]:
+    def _open(
+        self,
+        folder: Path,
+        *,
+        require_labels: bool,
+        names: Sequence[str] | None = None,
+        check_reverse: bool = False,
+    ) -> list[Fragment]:
+        """Opens the fragments of ``folder`` (all, or ``names``).
+
+        ``check_reverse``: a ``reverse_depth`` name absent from the folder is an error (a typo) rather than a
+        fragment of another folder (a checkpoint's own ``reverse_depth`` follows it to other data).
+        """
         hp = self.hparams
         paths = discover_fragments(folder)
         if names is not None:
@@ -159,7 +177,7 @@ class InkDataModule(pl.LightningDataModule):
             paths = [available[n] for n in names]
         reversed_names = set(hp.reverse_depth or ())
         unknown = reversed_names - {p.name for p in paths}
-        if unknown and names is None:
+        if unknown and check_reverse:
             raise ValueError(f"reverse_depth names unknown fragment(s) {sorted(unknown)} in '{folder}'")
         fragments = [
             Fragment(
@@ -196,7 +214,7 @@ class InkDataModule(pl.LightningDataModule):
             self._set_split("predict", fragments, whole, training=False)
             return
         if not self._fragments:
-            self._fragments = self._open(self.data_dir, require_labels=False)
+            self._fragments = self._open(self.data_dir, require_labels=False, check_reverse=stage == "fit")
         gap = hp.split_gap if hp.split_gap is not None else hp.tile_size
         plans = plan_regions(
             [f.id for f in self._fragments],
@@ -344,6 +362,26 @@ def _has_fragments(folder: Path) -> bool:
         return bool(discover_fragments(folder))
     except FileNotFoundError:
         return False
+
+
+def _check_demo_folder(folder: Path, num_fragments: int) -> None:
+    """Refuses to write demo fragments into a folder that is not the demo's (missing, empty, or only demo names).
+
+    Raises:
+        FileNotFoundError: ``folder`` holds other things but no fragment, naming what a fragment folder must hold.
+    """
+    if not folder.is_dir():
+        return
+    demo_names = {f"frag{i}" for i in range(1, num_fragments + 1)}
+    others = sorted(p.name for p in folder.iterdir() if p.name not in demo_names)
+    if not others:
+        return
+    try:
+        discover_fragments(folder)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err}; demo data is written only into an empty folder or the demo's own, and this one holds {others[:5]}"
+        ) from None
 
 
 def _check_positive(**settings: int) -> None:
