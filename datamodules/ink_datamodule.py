@@ -134,10 +134,7 @@ class InkDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------------------- preparation
 
     def prepare_data(self) -> None:
-        """Makes the demo fragments if asked, and converts compressed or tiled slices to the mappable cache.
-
-        Prepares the folder the trainer's stage reads: ``predict_dir`` when predicting, ``data_dir`` otherwise.
-        """
+        """Makes the demo fragments if asked; converts compressed or tiled slices of the folder the stage reads."""
         hp = self.hparams
         predicting = self.trainer is not None and self.trainer.state.fn == "predict"
         folder = Path(hp.predict_dir) if predicting and hp.predict_dir else self.data_dir
@@ -162,11 +159,8 @@ class InkDataModule(pl.LightningDataModule):
         names: Sequence[str] | None = None,
         check_reverse: bool = False,
     ) -> list[Fragment]:
-        """Opens the fragments of ``folder`` (all, or ``names``).
-
-        ``check_reverse``: a ``reverse_depth`` name absent from the folder is an error (a typo) rather than a
-        fragment of another folder (a checkpoint's own ``reverse_depth`` follows it to other data).
-        """
+        """Opens the fragments of ``folder`` (all, or ``names``); ``check_reverse``: an absent ``reverse_depth`` name
+        is a typo, not a fragment of another folder (a checkpoint's ``reverse_depth`` follows it to other data)."""
         hp = self.hparams
         paths = discover_fragments(folder)
         if names is not None:
