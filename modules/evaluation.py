@@ -22,6 +22,8 @@ from modules.stitching import FragmentStitcher, window_weights
 from modules.tta import tta_predict
 from utils.checks import check_int, check_threshold
 
+# Full-resolution pixels per scored band: bounds the upsampling and counting temporaries to a few tens of MB.
+SCORE_BAND_PIXELS = 1 << 20
 # Lightning's stage names, as passed to `InkDataModule.fragment_shapes`, keyed by metric prefix.
 EVAL_STAGES = {"val": "validate", "test": "test", "predict": "predict"}
 
@@ -124,7 +126,7 @@ def score_stitched(
     per_fragment = {fid: InkScoreAccumulator(threshold, with_curve=False) for fid in labelled} if test else {}
     for fid in labelled:
         fed = [overall, *([at_val] if at_val else []), *([per_fragment[fid]] if test else [])]
-        for prob, label, valid in stitcher.bands(fid, rank=rank, world=world):
+        for prob, label, valid in stitcher.bands(fid, SCORE_BAND_PIXELS, rank, world):
             for acc in fed:
                 acc.update(prob, label, valid)
     for acc in (overall, at_val, *per_fragment.values()):

@@ -38,8 +38,8 @@ __all__ = ["InkScoreAccumulator", "fbeta_at", "fragment_scores", "overall_scores
 
 ArrayLike = np.ndarray | torch.Tensor
 
-# Pixels per chunk: 4 Mi pixels keep per-chunk temporaries in the tens of MB.
-_CHUNK_NUMEL = 1 << 22
+# Pixels per chunk: 1 Mi pixels keep per-chunk temporaries (int64 bins, masks) at a few tens of MB.
+_CHUNK_NUMEL = 1 << 20
 
 
 def _fbeta_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, beta: float) -> torch.Tensor:

@@ -110,9 +110,11 @@ def _aligned_box(fid: str, full: tuple[int, int], box: object, stride: int) -> B
     """``(y0, x0, y1, x1)`` inside the fragment, its origin floored to the stride grid."""
     if box is None:
         return (0, 0, *full)
-    y0, x0, y1, x1 = (int(v) for v in box)  # type: ignore[union-attr]
+    y0, x0, y1, x1 = (int(v) for v in box)  # type: ignore[attr-defined]
     if not (0 <= y0 < y1 <= full[0] and 0 <= x0 < x1 <= full[1]):
-        raise ValueError(f"box {tuple(box)!r} of fragment {fid!r} must lie inside its shape {full} (y0, x0, y1, x1)")  # type: ignore[arg-type]
+        raise ValueError(
+            f"box {(y0, x0, y1, x1)} of fragment {fid!r} must lie inside its shape {full} (y0, x0, y1, x1)"
+        )
     return (y0 // stride * stride, x0 // stride * stride, y1, x1)
 
 
@@ -185,10 +187,12 @@ class FragmentStitcher:
             y0, x0, y1, x1 = self._boxes[fid] = _aligned_box(fid, full, boxes.get(fid), stride)
             self._shapes[fid] = full
             self._stored_shapes[fid] = (-(-(y1 - y0) // stride), -(-(x1 - x0) // stride))
-        self._prob: dict[str, torch.Tensor] = {}  # sum of window * prob; the mean once finished
-        self._weight: dict[str, torch.Tensor] = {}  # sum of window weights; freed by finish
-        self._flags: dict[str, torch.Tensor] = {}  # uint8 VALID_BIT | LABEL_BIT at full resolution
-        self._valid: dict[str, torch.Tensor] = {}  # bool at 1/stride, built by finish
+        # prob: sum of window * prob, the mean once finished; weight: sum of windows (freed by finish);
+        # flags: uint8 VALID_BIT | LABEL_BIT at full resolution; valid: bool at 1/stride, built by finish.
+        self._prob: dict[str, torch.Tensor] = {}
+        self._weight: dict[str, torch.Tensor] = {}
+        self._flags: dict[str, torch.Tensor] = {}
+        self._valid: dict[str, torch.Tensor] = {}
         self._labelled: set[str] = set()
         self._reduced = self._finished = False
         self.reset()
@@ -402,7 +406,12 @@ class FragmentStitcher:
         self.finish()
         out: dict[str, object] = {"valid": self._valid[fragment_id].cpu().numpy()}
         if fragment_id in self._labelled:
-            out["label"] = _majority(self._flags[fragment_id], LABEL_BIT, self.stride).to(torch.uint8).cpu().numpy()
+            flags, s = self._flags[fragment_id], self.stride
+            label = np.empty(self._stored_shapes[fragment_id], dtype=np.uint8)
+            rows = max(1, _BLOCK_NUMEL // (label.shape[1] * s * s))
+            for r0 in range(0, label.shape[0], rows):  # in blocks: no full-size temporaries
+                label[r0 : r0 + rows] = _majority(flags[r0 * s : (r0 + rows) * s], LABEL_BIT, s).cpu().numpy()
+            out["label"] = label
         prob = self._prob[fragment_id]
         if release:
             del self._flags[fragment_id], self._prob[fragment_id], self._valid[fragment_id]

@@ -14,6 +14,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --models                    # params and CPU step time of each encoder, tile 64/256
     python scripts/benchmark.py --quality                   # default recipe vs the plain baseline loop, held-out
     python scripts/benchmark.py --quality --seeds 0 --budget 120 --project-args --model.optim.lr 0.001
+    python scripts/benchmark.py --stitch-memory             # stitching + scoring peak, 14830 x 9506, strides 1, 2
 """
 
 from __future__ import annotations
@@ -254,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--project-args", nargs=argparse.REMAINDER, default=[], help="quality: extra fit.py arguments (last)"
     )
+    parser.add_argument(
+        "--stitch-memory", action="store_true", help="peak memory of stitching and scoring one large fragment"
+    )
+    parser.add_argument("--shape", type=int, nargs=2, default=[14830, 9506], help="stitch-memory: fragment H W")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -273,12 +278,23 @@ def main(argv: list[str] | None = None) -> None:
             k: (Path(v) if k == "data_dir" else v == "True" if v in ("True", "False") else int(v))
             for k, v in raw.items()
         }
-        result = child_stream(**kw) if args.child == "stream" else child_in_ram(**kw)
+        if args.child == "stitch":
+            from benchmarks.stitch_memory import measure
+
+            result = measure(**kw)
+        else:
+            result = child_stream(**kw) if args.child == "stream" else child_in_ram(**kw)
         print(json.dumps(result))
         return
     results: dict[str, object] = {}
-    if not (args.data or args.models or args.quality):
-        parser.error("choose a benchmark: --data, --models and/or --quality")
+    if not (args.data or args.models or args.quality or args.stitch_memory):
+        parser.error("choose a benchmark: --data, --models, --quality and/or --stitch-memory")
+    if args.stitch_memory:
+        height, width = args.shape
+        runs = [dict(stride=s, band=b) for s, b in ((1, 0), (2, 0), (2, 3))]
+        results["stitch_memory"] = [run_child("stitch", height=height, width=width, **run) for run in runs]
+        for row in results["stitch_memory"]:
+            print(json.dumps(row))
     if args.quality:
         results["quality"] = quality_benchmark(args)
     if args.data:
