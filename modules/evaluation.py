@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from modules.distributed import distributed_world
 from modules.metrics import InkScoreAccumulator
-from modules.stitching import FragmentStitcher, window_weights
+from modules.stitching import FragmentStitcher
 from modules.tta import tta_predict
+from modules.windows import window_weights
 from utils.checks import check_int, check_threshold
 
 # Full-resolution pixels per scored band: bounds the upsampling and counting temporaries to a few tens of MB.

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from modules.stitching import WINDOW_KINDS, FragmentStitcher, window_weights
+from modules.stitching import FragmentStitcher
+from modules.windows import WINDOW_KINDS, window_weights
 
 TILE = 32
 
@@ -53,29 +54,6 @@ def _add_identity(
         v = crop(valid.astype(np.float32)) if valid is not None else torch.ones_like(probs)
         lab = crop(label.astype(np.float32)) if label is not None else None
         stitcher.add([fid] * len(part), torch.tensor(part), probs, v, lab)
-
-
-@pytest.mark.parametrize("kind", WINDOW_KINDS)
-def test_window_weights_positive_and_shaped(kind: str) -> None:
-    for stride in (1, 2, 4):
-        w = window_weights(TILE, kind, stride)
-        assert w.shape == (TILE // stride, TILE // stride)
-        assert w.dtype == torch.float32
-        assert bool((w > 0).all()), "border pixels must keep a nonzero weight"
-        assert float(w.max()) == pytest.approx(1.0)
-        assert torch.allclose(w, w.T) and torch.allclose(w, w.flip(0))
-    if kind != "uniform":
-        w = window_weights(TILE, kind)
-        assert float(w[0, 0]) < float(w[TILE // 2, TILE // 2])
-
-
-def test_window_weights_errors() -> None:
-    with pytest.raises(ValueError, match="'cosine'"):
-        window_weights(TILE, "cosine")
-    with pytest.raises(ValueError, match="stride=3 must divide tile_size=32"):
-        window_weights(TILE, "hann", 3)
-    with pytest.raises(ValueError, match="tile_size"):
-        window_weights(0)
 
 
 @pytest.mark.parametrize("kind", WINDOW_KINDS)
