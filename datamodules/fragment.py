@@ -293,10 +293,13 @@ class Fragment:
                 converted += 1
         return converted
 
-    def read(self, z0: int, z1: int, y: int, x: int, size_y: int, size_x: int) -> np.ndarray:
-        """Copies ``volume[z0:z1, y:y+size_y, x:x+size_x]`` out of the maps as an ``[size_y, size_x, z1-z0]`` array.
+    def read(
+        self, z0: int, z1: int, y: int, x: int, size_y: int, size_x: int, *, channels_last: bool = True
+    ) -> np.ndarray:
+        """Copies ``volume[z0:z1, y:y+size_y, x:x+size_x]`` out of the maps; only the window is read.
 
-        Depth goes last because augmentation works on ``H x W x C`` images. Only the window is read.
+        Returns an ``[size_y, size_x, z1-z0]`` array (albumentations works on ``H x W x C`` images), or with
+        ``channels_last=False`` the ``[z1-z0, size_y, size_x]`` array the model takes, without a transpose.
         """
         if not (0 <= z0 < z1 <= self.depth):
             raise ValueError(f"depth range [{z0}, {z1}) outside fragment '{self.id}' (0..{self.depth})")
@@ -304,6 +307,11 @@ class Fragment:
             raise ValueError(
                 f"window y={y}, x={x}, {size_y}x{size_x} outside fragment '{self.id}' ({self.height}x{self.width})"
             )
+        if not channels_last:
+            out = np.empty((z1 - z0, size_y, size_x), dtype=self.dtype)
+            for i, z in enumerate(range(z0, z1)):
+                out[i] = self._map(z)[y : y + size_y, x : x + size_x]
+            return out
         out = np.empty((size_y, size_x, z1 - z0), dtype=self.dtype)
         for i, z in enumerate(range(z0, z1)):
             out[:, :, i] = self._map(z)[y : y + size_y, x : x + size_x]

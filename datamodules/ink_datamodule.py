@@ -11,8 +11,11 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from datamodules.batch_augment import augment_batch
+from datamodules.demo_folder import check_demo_folder, has_fragments
 from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
 from datamodules.intensity import check_normalization, intensity_range
+from datamodules.loaders import default_workers, make_loader
 from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler, check_ink_ratio
 from datamodules.synthetic import make_demo_data
 from datamodules.tile_dataset import TileDataset
@@ -53,7 +56,11 @@ class InkDataModule(pl.LightningDataModule):
         jitter: move training windows randomly each epoch.
         batch_size: training batch size per process.
         eval_batch_size: validation/test/predict batch size; default ``batch_size``.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; default: the CPUs available less one per training process on
+            this machine, split between those processes, at most 8 (``datamodules/loaders.py``).
+        pin_memory: page-locked batches for faster copies; default: on when training on CUDA.
+        persistent_workers: keep the workers alive between epochs and across validations.
+        prefetch_factor: batches each worker prepares ahead.
         augment: training augmentation settings.
         cache_dir: where compressed or tiled slices are converted to; default ``<fragment>/.ink_cache``.
         normalization: ``fragment``: each fragment's ``intensity_percentiles`` inside the mask and slice window
@@ -91,7 +98,10 @@ class InkDataModule(pl.LightningDataModule):
         jitter: bool = True,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
         augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - a frozen default, copied below
         cache_dir: str | None = None,
         normalization: str = "fragment",
@@ -110,7 +120,9 @@ class InkDataModule(pl.LightningDataModule):
             raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
         check_ink_ratio(ink_ratio)
         check_normalization(normalization, *intensity_percentiles)
-        check_int("num_workers", num_workers, minimum=0)
+        if num_workers is not None:
+            check_int("num_workers", num_workers, minimum=0)
+        check_int("prefetch_factor", prefetch_factor, minimum=1)
         self.stride = stride or max(1, tile_size // 2)
         self.eval_stride = eval_stride or max(1, tile_size // 4)
         _check_positive(stride=self.stride, eval_stride=self.eval_stride)
@@ -138,8 +150,8 @@ class InkDataModule(pl.LightningDataModule):
         hp = self.hparams
         predicting = self.trainer is not None and self.trainer.state.fn == "predict"
         folder = Path(hp.predict_dir) if predicting and hp.predict_dir else self.data_dir
-        if hp.demo and folder == self.data_dir and not _has_fragments(self.data_dir):
-            _check_demo_folder(self.data_dir, hp.demo_fragments)
+        if hp.demo and folder == self.data_dir and not has_fragments(self.data_dir):
+            check_demo_folder(self.data_dir, hp.demo_fragments)
             make_demo_data(
                 self.data_dir,
                 num_fragments=hp.demo_fragments,
@@ -316,15 +328,28 @@ class InkDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, dataset: TileDataset, sampler: object, batch_size: int) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
+        hp, trainer = self.hparams, self.trainer
+        cuda = trainer is not None and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        per_machine = trainer.num_devices if trainer is not None else 1
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            sampler,
+            batch_size,
+            num_workers=hp.num_workers if hp.num_workers is not None else default_workers(per_machine),
+            pin_memory=cuda if hp.pin_memory is None else hp.pin_memory,
+            persistent_workers=hp.persistent_workers,
+            prefetch_factor=hp.prefetch_factor,
         )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """With ``augment.backend: torch``, augments training batches here, on the device they were sent to."""
+        trainer = self.trainer
+        training = trainer is not None and trainer.training
+        if training and self.augment.enabled and self.augment.backend == "torch":
+            batch["image"], batch["label"], batch["valid"] = augment_batch(
+                batch["image"], batch["label"], batch["valid"], self.augment
+            )
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -349,33 +374,6 @@ class InkDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
-
-
-def _has_fragments(folder: Path) -> bool:
-    try:
-        return bool(discover_fragments(folder))
-    except FileNotFoundError:
-        return False
-
-
-def _check_demo_folder(folder: Path, num_fragments: int) -> None:
-    """Refuses to write demo fragments into a folder that is not the demo's (missing, empty, or only demo names).
-
-    Raises:
-        FileNotFoundError: ``folder`` holds other things but no fragment, naming what a fragment folder must hold.
-    """
-    if not folder.is_dir():
-        return
-    demo_names = {f"frag{i}" for i in range(1, num_fragments + 1)}
-    others = sorted(p.name for p in folder.iterdir() if p.name not in demo_names)
-    if not others:
-        return
-    try:
-        discover_fragments(folder)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"{err}; demo data is written only into an empty folder or the demo's own, and this one holds {others[:5]}"
-        ) from None
 
 
 def _check_positive(**settings: int) -> None:

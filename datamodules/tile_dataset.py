@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.cpu_transforms import to_channels_first, to_channels_last
 from datamodules.fragment import Fragment
 from datamodules.tiling import TileSet, jitter_windows
-from datamodules.transforms import TileTransform
+from datamodules.transforms import TileTransform, normalise
 
 
 class TileDataset(Dataset):
@@ -68,7 +69,6 @@ class TileDataset(Dataset):
         # the nominal window where it touches either end of the volume (a one-sided margin biases the mean shift).
         margin = min(self.depth_margin, fragment.z_start, fragment.depth - fragment.z_end)
         z0, z1 = fragment.z_start - margin, fragment.z_end + margin
-        image = fragment.read(z0, z1, y, x, size, size)
         valid = fragment.mask[y : y + size, x : x + size].astype(np.float32)
         ignore = fragment.ignore
         if ignore is not None:  # unknown pixels count neither in the loss nor in the metric
@@ -77,9 +77,17 @@ class TileDataset(Dataset):
             label = fragment.labels[y : y + size, x : x + size].astype(np.float32)
         else:
             label = np.zeros((size, size), dtype=np.float32)
-        image, label, valid = self.transform(image, label, valid, rng, fragment.intensity)
+        transform = self.transform
+        if transform.augment:  # albumentations works on [H, W, C]: read with the margin, change layout around it
+            image = to_channels_last(fragment.read(z0, z1, y, x, size, size, channels_last=False))
+            image, label, valid = transform(image, label, valid, rng, fragment.intensity)
+            image = to_channels_first(image)
+        else:  # only the window's slices, read straight into the model's [D, H, W]
+            start = z0 + transform.depth_offset(z1 - z0, rng)
+            image = fragment.read(start, start + transform.num_slices, y, x, size, size, channels_last=False)
+            image = normalise(image, fragment.intensity)
         item: dict[str, object] = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": torch.from_numpy(image),
             "valid": torch.from_numpy(np.ascontiguousarray(valid))[None],
             "fragment": fragment.id,
             "yx": torch.tensor([y, x], dtype=torch.int64),

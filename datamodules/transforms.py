@@ -4,7 +4,8 @@ Order of operations in training (each step is skipped when its probability is 0)
 
 1. depth window: a random offset into the ``C - D`` margin slices the Dataset read around the nominal window;
 2. normalisation to float32 ``[0, 1]`` (only the ``D`` chosen slices are converted);
-3. albumentations, seeded from the caller's ``rng``:
+3. albumentations, seeded from the caller's ``rng`` (its transforms applied to all slices at once,
+   `datamodules.cpu_transforms`):
    geometric (flips, RandomRotate90, Affine) on image, label and valid together, then photometric
    (brightness/contrast, blur, noise, coarse dropout) on the image only;
 4. slice dropout (whole slices set to 0), then depth reversal.
@@ -36,9 +37,21 @@ import numpy as np
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
+from datamodules.cpu_transforms import (  # noqa: E402
+    FastAffine,
+    FastBrightnessContrast,
+    FastGaussianBlur,
+    FastGaussNoise,
+    FastHorizontalFlip,
+    FastMotionBlur,
+    FastRandomRotate90,
+    FastVerticalFlip,
+)
 from utils.checks import check_int, check_range  # noqa: E402
 
-__all__ = ["AugmentConfig", "TileTransform", "normalise"]
+__all__ = ["BACKENDS", "AugmentConfig", "TileTransform", "normalise"]
+
+BACKENDS = ("albumentations", "torch")
 
 _PROBABILITIES = (
     "flip_p",
@@ -82,6 +95,10 @@ class AugmentConfig:
         slice_dropout_max: Largest number of slices blanked, >= 1.
         depth_reverse_p: Probability of reversing the slice order (some segments are stored reversed).
         enabled: Master switch for training augmentation.
+        backend: Where the transforms run. ``albumentations``: per tile in the loader's workers (CPU).
+            ``torch``: per batch on the device the batch lands on (`datamodules.batch_augment`), so the workers
+            only read and normalise; for GPU training. Same keys, same meaning; the depth shift is drawn when
+            the tile is read in both.
     """
 
     flip_p: float = 0.5
@@ -105,6 +122,7 @@ class AugmentConfig:
     slice_dropout_max: int = 2
     depth_reverse_p: float = 0.0
     enabled: bool = True
+    backend: str = "albumentations"
 
     def __post_init__(self) -> None:
         """Reject settings that would fail late (inside a DataLoader worker) or silently mean something else."""
@@ -130,6 +148,8 @@ class AugmentConfig:
         for name in ("coarse_dropout_holes", "slice_dropout_max"):
             check_int(f"AugmentConfig.{name}", getattr(self, name), minimum=1, allow_numpy=True)
         check_int("AugmentConfig.depth_shift", self.depth_shift, minimum=0, allow_numpy=True)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"AugmentConfig.backend={self.backend!r}: must be one of {', '.join(BACKENDS)}")
 
 
 def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -> np.ndarray:
@@ -148,9 +168,9 @@ def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -
     """
     if intensity is not None:
         lo, hi = intensity
-        out = image.astype(np.float32)
-        out -= np.float32(lo)
-        out *= np.float32(1.0 / (hi - lo))
+        scale = 1.0 / (hi - lo)
+        out = np.multiply(image, np.float32(scale), dtype=np.float32)  # converts and scales in one pass
+        out += np.float32(-lo * scale)
         return np.clip(out, 0.0, 1.0, out=out)
     # Division (not multiplication by a reciprocal) keeps the result exactly source / 65535 rounded once.
     if image.dtype == np.uint16:
@@ -162,29 +182,16 @@ def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -
     raise TypeError(f"normalise: unsupported image dtype {image.dtype}; expected uint16, uint8 or a float type")
 
 
-class _BrightnessContrast(A.RandomBrightnessContrast):
-    """RandomBrightnessContrast with the same parameters and sampling, computed in float32.
-
-    The stock ``apply`` (albucore ``multiply_add_opencv``) builds two full-size constant arrays and goes through
-    float64: about 18 ms for a 256 x 256 x 34 tile against about 2 ms here. Only ever given float32 images.
-    """
-
-    def apply(self, img: np.ndarray, alpha: float, beta: float, **params: object) -> np.ndarray:
-        out = np.multiply(img, np.float32(alpha), dtype=np.float32)
-        out += np.float32(beta)
-        return np.clip(out, 0.0, 1.0, out=out)
-
-
 def _build_pipeline(config: AugmentConfig) -> A.Compose:
     """Albumentations part of the training pipeline; transforms with probability 0 are left out."""
     geometric: list[A.BasicTransform] = []
     if config.flip_p > 0:
-        geometric += [A.HorizontalFlip(p=config.flip_p), A.VerticalFlip(p=config.flip_p)]
+        geometric += [FastHorizontalFlip(p=config.flip_p), FastVerticalFlip(p=config.flip_p)]
     if config.rotate90_p > 0:
-        geometric.append(A.RandomRotate90(p=config.rotate90_p))
+        geometric.append(FastRandomRotate90(p=config.rotate90_p))
     if config.shift_scale_rotate_p > 0:
         geometric.append(
-            A.Affine(
+            FastAffine(
                 translate_percent=(-config.shift_limit, config.shift_limit),
                 scale=(1.0 - config.scale_limit, 1.0 + config.scale_limit),
                 rotate=(-config.rotate_limit, config.rotate_limit),
@@ -199,7 +206,7 @@ def _build_pipeline(config: AugmentConfig) -> A.Compose:
     photometric: list[A.BasicTransform | A.BaseCompose] = []
     if config.brightness_contrast_p > 0:
         photometric.append(
-            _BrightnessContrast(
+            FastBrightnessContrast(
                 brightness_limit=config.brightness_limit,
                 contrast_limit=config.contrast_limit,
                 p=config.brightness_contrast_p,
@@ -212,14 +219,14 @@ def _build_pipeline(config: AugmentConfig) -> A.Compose:
         photometric.append(
             A.OneOf(
                 [
-                    A.GaussianBlur(blur_limit=blur_limit, p=1.0),
-                    A.MotionBlur(blur_limit=blur_limit, allow_shifted=False, direction_range=(0.0, 0.0)),
+                    FastGaussianBlur(blur_limit=blur_limit, p=1.0),
+                    FastMotionBlur(blur_limit=blur_limit, allow_shifted=False, direction_range=(0.0, 0.0), p=1.0),
                 ],
                 p=config.blur_p,
             )
         )
     if config.noise_p > 0:
-        photometric.append(A.GaussNoise(std_range=(0.0, config.noise_std), per_channel=True, p=config.noise_p))
+        photometric.append(FastGaussNoise(std_range=(0.0, config.noise_std), per_channel=True, p=config.noise_p))
     if config.coarse_dropout_p > 0:
         size = (config.coarse_dropout_size / 4, config.coarse_dropout_size)
         photometric.append(
@@ -253,13 +260,36 @@ class TileTransform:
         self.config = config
         self.num_slices = int(num_slices)
         self.train = train
-        self.augment = bool(train and config is not None and config.enabled)
+        enabled = bool(train and config is not None and config.enabled)
+        # `augment`: albumentations here, per tile. With the torch backend the batch is augmented on its device
+        # and this transform only draws the depth shift (`shifts`) and normalises.
+        self.augment = enabled and config is not None and config.backend == "albumentations"
+        self.shifts = enabled and config is not None and config.depth_shift > 0
         self._pipeline = _build_pipeline(config) if self.augment and config is not None else None
         # Reseeded from the caller's rng on every call; one instance avoids allocating a generator per call.
         self._py_random = random.Random(0)
 
     def __repr__(self) -> str:
         return f"TileTransform(num_slices={self.num_slices}, train={self.train}, augment={self.augment})"
+
+    def depth_offset(self, channels: int, rng: np.random.Generator) -> int:
+        """First slice of the model's window among ``channels`` read slices (the window centred in its margin).
+
+        Draws the random depth shift when training with ``depth_shift > 0``, clamped to the margin around the
+        centre, so ``depth_shift=0`` means no shift even when a caller hands over a wider margin.
+        """
+        if self.num_slices > channels:
+            raise ValueError(
+                f"TileTransform: num_slices={self.num_slices} exceeds the image's slice count C={channels}"
+            )
+        margin = channels - self.num_slices
+        centre = margin // 2
+        if not self.shifts:
+            return centre
+        assert self.config is not None
+        low = max(0, centre - self.config.depth_shift)
+        high = min(margin, centre + self.config.depth_shift)
+        return int(rng.integers(low, high + 1))
 
     def __call__(
         self,
@@ -298,17 +328,16 @@ class TileTransform:
             raise ValueError(
                 f"TileTransform: num_slices={self.num_slices} exceeds the image's slice count C={channels}"
             )
-        margin = channels - self.num_slices
-        centre = margin // 2
         if not self.augment:
-            window = image[:, :, centre : centre + self.num_slices]
+            offset = self.depth_offset(channels, rng)
+            window = image[:, :, offset : offset + self.num_slices]
             return (
                 np.ascontiguousarray(normalise(window, intensity)),
                 np.ascontiguousarray(label, dtype=np.float32),
                 np.ascontiguousarray(valid, dtype=np.float32),
             )
         assert self.config is not None and self._pipeline is not None
-        return self._augment(image, label, valid, rng, margin, centre, intensity)
+        return self._augment(image, label, valid, rng, intensity)
 
     def _augment(
         self,
@@ -316,8 +345,6 @@ class TileTransform:
         label: np.ndarray,
         valid: np.ndarray,
         rng: np.random.Generator,
-        margin: int,
-        centre: int,
         intensity: tuple[float, float] | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         config = self.config
@@ -326,11 +353,7 @@ class TileTransform:
             raise ValueError(
                 f"TileTransform: AugmentConfig.rotate90_p > 0 needs square tiles, got H, W = {image.shape[:2]}"
             )
-        # The margin is at most depth_shift per side by construction; clamping around the centre also keeps
-        # depth_shift=0 meaning "no shift" if a caller hands over a wider margin.
-        low = max(0, centre - config.depth_shift)
-        high = min(margin, centre + config.depth_shift)
-        offset = int(rng.integers(low, high + 1))
+        offset = self.depth_offset(image.shape[2], rng)
         window = np.ascontiguousarray(normalise(image[:, :, offset : offset + self.num_slices], intensity))
         if np.may_share_memory(window, image):
             # float32 input with no margin comes back as the caller's array; slice dropout writes in place.

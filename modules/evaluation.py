@@ -8,13 +8,13 @@ the module keeps the state callbacks read (``last_eval_maps``, ``val_threshold``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from modules.distributed import distributed_world
 from modules.metrics import InkScoreAccumulator
@@ -53,7 +53,7 @@ class EvalConfig:
         window_weights(1, self.window)  # the stitcher's own check of the window kind
 
 
-def eval_probabilities(net: nn.Module, image: Tensor, tta: bool) -> tuple[Tensor, Tensor]:
+def eval_probabilities(net: Callable[[Tensor], Tensor], image: Tensor, tta: bool) -> tuple[Tensor, Tensor]:
     """float32 ``(probabilities, logits)`` [B, 1, T, T] of an image batch, averaged over the 8 views with `tta`.
 
     With TTA the logits are those of the averaged probabilities, so the evaluation loss costs no extra forward pass.

@@ -20,6 +20,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.model_helpers import _restricted_classmethod
 from torch import Tensor
 
+from modules.acceleration import NetRunner
 from modules.components.ink_net import NetConfig, build_net
 from modules.evaluation import (
     EVAL_STAGES,
@@ -65,6 +66,9 @@ class InkModule(pl.LightningModule):
         loss: The training loss (`LossConfig`).
         eval: Stitching, TTA and threshold of validation, test and prediction (`EvalConfig`).
         optim: Learning rates, weight decay, warm-up and encoder freezing (`OptimConfig`).
+        compile: Run the net through ``torch.compile`` (best effort: a warning and eager mode where it cannot
+            compile; `modules.acceleration`). The checkpoint's weights are the same either way.
+        channels_last: Keep a 2-D encoder's weights and inputs in ``channels_last`` (faster on GPUs).
         optimizer: Callable building the optimizer from the named parameter groups (group lr/weight decay
             override its defaults).
         scheduler: Callable building an LR scheduler from the optimizer; None: linear warm-up over
@@ -78,6 +82,8 @@ class InkModule(pl.LightningModule):
         loss: LossConfig = LossConfig(),  # noqa: B008
         eval: EvalConfig = EvalConfig(),  # noqa: B008
         optim: OptimConfig = OptimConfig(),  # noqa: B008
+        compile: bool = False,
+        channels_last: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -90,6 +96,7 @@ class InkModule(pl.LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.net = build_net(num_slices, self.net_config)
+        self.runner = NetRunner(self.net, compile=compile, channels_last=channels_last)
         self.loss = InkLoss(self.loss_config)
         self.encoder_frozen = False
         self.stitcher: FragmentStitcher | None = None
@@ -136,13 +143,13 @@ class InkModule(pl.LightningModule):
 
     def forward(self, image: Tensor) -> Tensor:
         """Ink logits [B, 1, T, T] of an image [B, D, T, T]."""
-        return self.net(image)
+        return self.runner(image)
 
     def predict_probabilities(self, image: Tensor) -> Tensor:
         """float32 probabilities [B, 1, T, T], averaged over flips/rotations when ``eval.tta`` is on."""
         if self.eval_config.tta:
-            return tta_predict(self.net, image, "flips+rot90")
-        return torch.sigmoid(self.net(image).float())
+            return tta_predict(self.runner, image, "flips+rot90")
+        return torch.sigmoid(self.runner(image).float())
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -152,7 +159,7 @@ class InkModule(pl.LightningModule):
             raise ValueError("training batch has no 'label': training needs fragments with inklabels.png")
         image, label = batch["image"], batch["label"]
         valid = batch.get("valid")
-        out = self.net.forward_with_aux(image)
+        out = self.runner.forward_with_aux(image)
         loss = self.loss(out["logits"], label, valid)
         if out["aux"]:
             aux = torch.stack([self.loss(a, label, valid) for a in out["aux"]]).mean()
@@ -212,7 +219,7 @@ class InkModule(pl.LightningModule):
         image = batch["image"]
         if self.stitcher is None:
             self.stitcher = new_stitcher(self.trainer, prefix, int(image.shape[-1]), self.eval_config)
-        probs, logits = eval_probabilities(self.net, image, self.eval_config.tta)
+        probs, logits = eval_probabilities(self.runner, image, self.eval_config.tta)
         valid = batch.get("valid")
         if valid is None:
             valid = torch.ones_like(probs)

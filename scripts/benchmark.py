@@ -15,6 +15,8 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --quality                   # default recipe vs the plain baseline loop, held-out
     python scripts/benchmark.py --quality --seeds 0 --budget 120 --project-args --model.optim.lr 0.001
     python scripts/benchmark.py --stitch-memory             # stitching + scoring peak, 14830 x 9506, strides 1, 2
+    python scripts/benchmark.py --loader                    # tiles/s per core: ours (CPU aug, read only) vs peers
+    python scripts/benchmark.py --step                      # Lightning training step vs a plain PyTorch loop
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def ensure_fragment(work: Path, size: int, depth: int) -> Path:
     """A synthetic fragment of ``size`` x ``size`` x ``depth`` under ``work`` (made once, then reused)."""
     from datamodules.synthetic import make_demo_data
 
-    folder = work / f"bench_{size}"
+    folder = work / f"bench_{size}x{depth}"
     if not (folder / "frag1" / "inklabels.png").exists():
         started = time.perf_counter()
         make_demo_data(folder, num_fragments=1, height=size, width=size, depth=depth, seed=size)
@@ -229,6 +231,24 @@ def quality_benchmark(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def loader_benchmark(args: argparse.Namespace) -> dict[str, float]:
+    """Tiles/s per core of the project's loader (CPU augmentation; read + normalise) and the peers' in-RAM way."""
+    from benchmarks.loader import loader_rates
+
+    depth = 65
+    folder = ensure_fragment(Path(args.work_dir), args.small, depth)
+    z_start = (depth - args.depth) // 2
+    rates = loader_rates(
+        folder, folder / "frag1", z_start=z_start, z_end=z_start + args.depth, tile=args.tile, tiles=args.tiles
+    )
+    peers = rates["peers, in RAM"]
+    print(f"\nLoader, one core: {args.small}^2 uint16 fragment, tile {args.tile}, {args.depth} slices")
+    print("| way | tiles/s per core | x peers |\n|---|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.0f} | {rate / peers:.2f} |")
+    return rates
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", action="store_true", help="run the data-loading benchmark")
@@ -259,6 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         "--stitch-memory", action="store_true", help="peak memory of stitching and scoring one large fragment"
     )
     parser.add_argument("--shape", type=int, nargs=2, default=[14830, 9506], help="stitch-memory: fragment H W")
+    parser.add_argument("--loader", action="store_true", help="tiles/s per core of the training loader vs the peers'")
+    parser.add_argument("--tiles", type=int, default=300, help="loader: tiles timed per way")
+    parser.add_argument("--step", action="store_true", help="Lightning training step vs a plain PyTorch loop")
+    parser.add_argument("--compile", action="store_true", help="step: also with torch.compile")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -287,8 +311,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     results: dict[str, object] = {}
-    if not (args.data or args.models or args.quality or args.stitch_memory):
-        parser.error("choose a benchmark: --data, --models, --quality and/or --stitch-memory")
+    if not (args.data or args.models or args.quality or args.stitch_memory or args.loader or args.step):
+        parser.error("choose a benchmark: --data, --models, --quality, --stitch-memory, --loader and/or --step")
+    if args.loader:
+        results["loader"] = loader_benchmark(args)
+    if args.step:
+        from benchmarks.step_overhead import step_benchmark
+
+        results["step"] = step_benchmark(batch=args.batch, tile=args.tile, depth=args.depth, compile=args.compile)
     if args.stitch_memory:
         height, width = args.shape
         runs = [dict(stride=s, band=b) for s, b in ((1, 0), (2, 0), (2, 3))]

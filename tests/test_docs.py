@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TOP_LEVEL = ("lightning_app", "datamodules", "modules", "callbacks", "utils", "benchmarks", "scripts", "tests", "docs")
 # A project path in backticks, e.g. `modules/losses.py` or `lightning_app/configs/cpu.yaml` (no placeholders).
-PATH = re.compile(r"`((?:%s)/[\w./-]+)`" % "|".join(TOP_LEVEL))
+PATH = re.compile(r"`((?:{})/[\w./-]+)`".format("|".join(TOP_LEVEL)))
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
