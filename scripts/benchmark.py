@@ -268,7 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="quality: training seeds")
     parser.add_argument("--budget", type=float, default=480.0, help="quality: training seconds per run (8 min)")
     parser.add_argument("--size", type=int, default=768, help="quality: held-out fragment edge (px)")
-    parser.add_argument("--ink-to-noise", type=float, default=0.7, help="quality: held-out ink contrast / noise")
+    parser.add_argument(
+        "--ink-to-noise",
+        type=float,
+        default=2.5,
+        help="quality: held-out ink contrast / noise (2.5: where the baseline scores about 0.65, as in the issue "
+        "that asked for this benchmark; 0.7: harder, the baseline stays at chance)",
+    )
     parser.add_argument(
         "--sides", nargs="+", default=["baseline", "project"], help="quality: which of baseline, project to run"
     )

@@ -13,20 +13,9 @@ from scipy import ndimage
 from datamodules.batch_augment import augment_batch
 from datamodules.ink_datamodule import InkDataModule
 from datamodules.transforms import AugmentConfig, TileTransform
+from tests.test_transforms import NONE
 
 B, D, S = 16, 6, 48
-NONE = dict(
-    flip_p=0.0,
-    rotate90_p=0.0,
-    shift_scale_rotate_p=0.0,
-    brightness_contrast_p=0.0,
-    noise_p=0.0,
-    blur_p=0.0,
-    coarse_dropout_p=0.0,
-    depth_shift=0,
-    slice_dropout_p=0.0,
-    depth_reverse_p=0.0,
-)
 
 
 def only(**kwargs: object) -> AugmentConfig:

@@ -594,3 +594,33 @@ def test_scripts_report_bad_input_in_one_line(
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) < 12, result.stderr
     assert not (in_tmp / "runs").exists() and temp_files(in_tmp) == []
+
+
+def test_torch_augmentation_compile_and_channels_last_from_the_command_line(
+    data_dir: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[object] = []
+
+    def recording_compile(fn: Any, **kwargs: Any) -> Any:
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    config = write_config(in_tmp, data_dir, max_epochs=3)
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--data.augment.backend=torch",
+            "--model.compile=true",
+            "--model.channels_last=true",
+            "--model.net.encoder=resnet10t",  # channels_last is for 2-D encoders
+            "--model.net.decoder_channels=[16, 8, 8, 8]",
+            "--max_steps=2",
+            "--test_after_fit=false",
+        ]
+    )
+    assert cli.datamodule.augment.backend == "torch" and cli.model.hparams.compile is True
+    assert cli.model.runner.channels_last and compiled  # the training step went through torch.compile
+    assert cli.trainer.global_step == 2 and math.isfinite(float(cli.trainer.callback_metrics["train/loss_step"]))
