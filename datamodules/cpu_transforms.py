@@ -29,8 +29,6 @@ __all__ = [
     "FastMotionBlur",
     "FastRandomRotate90",
     "FastVerticalFlip",
-    "to_channels_first",
-    "to_channels_last",
 ]
 
 _REFLECT = cv2.BORDER_REFLECT_101  # albumentations' (and OpenCV's) default border for convolutions
@@ -68,7 +66,7 @@ class FastAffine(A.Affine):
             borderMode=self.border_mode,
             borderValue=fill,
         )
-        return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
+        return _keep_channels(img, out)
 
     def apply(self, img: np.ndarray, matrix: np.ndarray, output_shape: tuple[int, ...], **params: Any) -> np.ndarray:
         return self._warp(img, matrix, output_shape, self.interpolation, self.fill)
@@ -131,17 +129,3 @@ class FastBrightnessContrast(A.RandomBrightnessContrast):
 def _keep_channels(img: np.ndarray, out: np.ndarray) -> np.ndarray:
     """OpenCV drops a trailing channel axis of length 1; put it back so shapes match the input."""
     return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
-
-
-def to_channels_last(chw: np.ndarray) -> np.ndarray:
-    """``[C, H, W]`` → C-contiguous ``[H, W, C]`` (one OpenCV transpose: about 3x numpy's strided copy)."""
-    channels, height, width = chw.shape
-    flat = np.ascontiguousarray(chw).reshape(channels, height * width)
-    return (cv2.transpose(flat) if channels > 1 else flat.T.copy()).reshape(height, width, channels)
-
-
-def to_channels_first(hwc: np.ndarray) -> np.ndarray:
-    """``[H, W, C]`` → C-contiguous ``[C, H, W]``."""
-    height, width, channels = hwc.shape
-    flat = np.ascontiguousarray(hwc).reshape(height * width, channels)
-    return (cv2.transpose(flat) if channels > 1 else flat.T.copy()).reshape(channels, height, width)

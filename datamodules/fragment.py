@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from datamodules.fragment_maps import binary_cache, ignore_cache, save_npy
+from utils.layout import to_channels_last
 
 SLICE_DIRS = ("surface_volume", "layers")
 _SLICE_NAME = re.compile(r"^(\d+)\.tiff?$", re.IGNORECASE)
@@ -299,7 +300,8 @@ class Fragment:
         """Copies ``volume[z0:z1, y:y+size_y, x:x+size_x]`` out of the maps; only the window is read.
 
         Returns an ``[size_y, size_x, z1-z0]`` array (albumentations works on ``H x W x C`` images), or with
-        ``channels_last=False`` the ``[z1-z0, size_y, size_x]`` array the model takes, without a transpose.
+        ``channels_last=False`` the ``[z1-z0, size_y, size_x]`` array the model takes. Slices are copied into
+        ``[D, H, W]`` (contiguous rows) and, for ``H x W x C``, changed in one transpose.
         """
         if not (0 <= z0 < z1 <= self.depth):
             raise ValueError(f"depth range [{z0}, {z1}) outside fragment '{self.id}' (0..{self.depth})")
@@ -307,15 +309,10 @@ class Fragment:
             raise ValueError(
                 f"window y={y}, x={x}, {size_y}x{size_x} outside fragment '{self.id}' ({self.height}x{self.width})"
             )
-        if not channels_last:
-            out = np.empty((z1 - z0, size_y, size_x), dtype=self.dtype)
-            for i, z in enumerate(range(z0, z1)):
-                out[i] = self._map(z)[y : y + size_y, x : x + size_x]
-            return out
-        out = np.empty((size_y, size_x, z1 - z0), dtype=self.dtype)
+        out = np.empty((z1 - z0, size_y, size_x), dtype=self.dtype)
         for i, z in enumerate(range(z0, z1)):
-            out[:, :, i] = self._map(z)[y : y + size_y, x : x + size_x]
-        return out
+            out[i] = self._map(z)[y : y + size_y, x : x + size_x]
+        return to_channels_last(out) if channels_last else out
 
     def __repr__(self) -> str:
         return (

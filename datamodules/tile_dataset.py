@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.cpu_transforms import to_channels_first, to_channels_last
 from datamodules.fragment import Fragment
 from datamodules.tiling import TileSet, jitter_windows
 from datamodules.transforms import TileTransform, normalise
+from utils.layout import to_channels_first
 
 
 class TileDataset(Dataset):
@@ -79,7 +79,7 @@ class TileDataset(Dataset):
             label = np.zeros((size, size), dtype=np.float32)
         transform = self.transform
         if transform.augment:  # albumentations works on [H, W, C]: read with the margin, change layout around it
-            image = to_channels_last(fragment.read(z0, z1, y, x, size, size, channels_last=False))
+            image = fragment.read(z0, z1, y, x, size, size)
             image, label, valid = transform(image, label, valid, rng, fragment.intensity)
             image = to_channels_first(image)
         else:  # only the window's slices, read straight into the model's [D, H, W]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from datamodules import cpu_transforms as fast
+from utils.layout import to_channels_first, to_channels_last
 
 SHAPE = (40, 40, 9)  # more than 4 channels: albumentations' chunked path
 
@@ -99,9 +100,9 @@ def test_python_random_untouched() -> None:
 @pytest.mark.parametrize("channels", [1, 3, 34])
 def test_layout_changes_are_exact_transposes(dtype: type, channels: int) -> None:
     chw = (np.random.default_rng(channels).random((channels, 17, 23)) * 200).astype(dtype)
-    hwc = fast.to_channels_last(chw)
+    hwc = to_channels_last(chw)
     assert hwc.flags.c_contiguous and np.array_equal(hwc, chw.transpose(1, 2, 0))
-    back = fast.to_channels_first(hwc)
+    back = to_channels_first(hwc)
     assert back.flags.c_contiguous and np.array_equal(back, chw)
     flipped = hwc[:, ::-1]  # a view, as the flips return
-    assert np.array_equal(fast.to_channels_first(flipped), flipped.transpose(2, 0, 1))
+    assert np.array_equal(to_channels_first(flipped), flipped.transpose(2, 0, 1))

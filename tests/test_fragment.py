@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from datamodules.fragment import Fragment, discover_fragments, list_slices
-from tests.conftest import write_fragment
+from tests.conftest import random_fragment_arrays, write_fragment
 
 SHAPE = (12, 40, 48)
 
@@ -176,3 +176,13 @@ def test_folder_without_volume(tmp_path: Path):
     (tmp_path / "x").mkdir()
     with pytest.raises(FileNotFoundError, match="has no surface_volume or layers folder"):
         Fragment(tmp_path / "x")
+
+
+def test_read_in_either_layout(tmp_path):
+    volume, mask, labels = random_fragment_arrays((6, 20, 24), 3)
+    write_fragment(tmp_path / "f", volume, mask=mask, labels=labels)
+    fragment = Fragment(tmp_path / "f", z_start=0, z_end=6)
+    chw = fragment.read(1, 5, 2, 3, 10, 12, channels_last=False)
+    assert chw.flags.c_contiguous and np.array_equal(chw, volume[1:5, 2:12, 3:15])
+    hwc = fragment.read(1, 5, 2, 3, 10, 12)
+    assert hwc.flags.c_contiguous and np.array_equal(hwc, chw.transpose(1, 2, 0))
