@@ -1,51 +1,64 @@
-"""InkPredictionWriter: writes the stitched prediction of every fragment in the chosen output formats.
+"""InkPredictionWriter: whole-segment prediction in bounded memory, shared across DDP processes, resumable.
 
-The callback finds the maps, their full sizes and the threshold, and upsamples each fragment once in row bands
-(`modules.resample`); what is written from the bands is up to the formats of `utils.prediction_formats`.
+The writer turns the tile probabilities `InkModule.predict_step` returns into each segment's outputs, band by band:
+
+1. ``setup``: the segments are cut into row bands (`modules.band_plan`); bands an interrupted run already wrote are
+   kept (`utils.band_store`); each rank gets a contiguous, tile-balanced run of the rest, and the data module is told
+   which tiles this rank predicts (``select_predict_tiles``). Lightning's DDP runs the ranks; nothing else schedules.
+2. ``on_predict_batch_end``: tiles are blended into the bands they overlap (`modules.band_stitching`); a band whose
+   last tile arrived is written to disk and dropped, so memory holds a few bands whatever the segment's size.
+3. ``on_predict_end``: after all ranks finished, rank zero reads each complete segment's bands in order and feeds
+   them to the output formats (`utils.prediction_formats`), then deletes the bands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
+import torch
 
-from modules.resample import BAND_PIXELS, full_resolution_bands
+from modules.band_plan import DEFAULT_BAND_PIXELS, PredictionLayout, SegmentBands, band_height, plan_rank
+from modules.band_stitching import BandStitcher
+from modules.windows import window_weights
 from utils.atomic import ensure_writable_dir
-from utils.checks import check_filename_part, check_threshold
+from utils.band_store import BandStore
+from utils.checks import check_filename_part, check_int, check_threshold
 from utils.prediction_formats import FORMATS, FragmentOutput, PredictionBand, write_submission_csv
 
-DEFAULT_FORMATS = ("png", "rle")
+DEFAULT_FORMATS = ("tiff", "png", "rle")
 
 
 class InkPredictionWriter(pl.Callback):
-    """Writes each predicted fragment as ``<id>_prediction.png`` and ``<id>_mask.png``, plus ``submission.csv``.
+    """Writes each predicted segment in the chosen formats, from bands stitched on the fly.
 
-    After ``trainer.predict`` the module's stitched maps (`InkModule.last_eval_maps`) are upsampled to each
-    fragment's full resolution (``datamodule.fragment_shapes("predict")``) in row bands and written on rank
-    zero, in each of `formats` (`utils.prediction_formats.FORMATS`):
+    Outputs per segment (`utils.prediction_formats.FORMATS`):
 
-    - ``png``: ``<output_dir>/<id>_prediction.png``, probabilities as 8-bit grey, ``round(255 * p)``, and
-      ``<output_dir>/<id>_mask.png``, 255 where ``p > threshold`` inside the valid (papyrus, covered) map, else 0;
-    - ``rle``: ``<output_dir>/submission.csv``, ``Id,Predicted`` with one row per fragment, the run-length
-      encoding (`utils.rle`) of that mask, written after all fragments.
+    - ``tiff``: ``<output_dir>/<id>_prediction.tif``, 8-bit probabilities as a tiled, compressed BigTIFF pyramid;
+    - ``png``: ``<id>_prediction.png`` (8-bit probabilities) and ``<id>_mask.png`` (255 where ``p > threshold``
+      inside the valid map: papyrus covered by a tile);
+    - ``rle``: a row of ``<output_dir>/submission.csv`` (Kaggle run-length encoding of the mask);
+    - ``zarr``: ``<id>_prediction.zarr``, the probabilities as an OME-Zarr multiscale group.
 
-    Every file is written under a temporary name and renamed when complete, so a failure leaves no partial
-    file. The output folder is created and checked for writability when prediction starts, before any
-    compute. The paths written are kept in `written_paths` (rank zero; empty elsewhere).
+    Every file appears only when complete. An interrupted run leaves its finished bands in ``<output_dir>/.bands``;
+    the same command run again predicts only the missing bands (``resume``), with any number of processes.
 
     Args:
         output_dir: Folder for the outputs (created with parents).
         threshold: Ink probability threshold of the masks; None: the module's ``eval_config.threshold``, else 0.5.
         write_submission: Also write ``submission.csv``; False drops ``rle`` from `formats` (older configs).
-        formats: Names of the output formats (`utils.prediction_formats.FORMATS`); None: ``["png", "rle"]``.
+        formats: Names of the output formats; None: ``["tiff", "png", "rle"]``.
+        band_pixels: About how many pixels one band holds (rows = band_pixels / width): the memory per band in
+            flight is 9 bytes per pixel.
+        resume: Reuse the band files an interrupted run left for the same segments, tiles and weights.
 
     Raises:
-        ValueError: A threshold outside (0, 1), or no, repeated or unknown formats.
+        ValueError: A threshold outside (0, 1), no, repeated or unknown formats, or a non-positive band size.
     """
 
     def __init__(
@@ -54,10 +67,13 @@ class InkPredictionWriter(pl.Callback):
         threshold: float | None = None,
         write_submission: bool = True,
         formats: Sequence[str] | None = None,
+        band_pixels: int = DEFAULT_BAND_PIXELS,
+        resume: bool = True,
     ) -> None:
         super().__init__()
         if threshold is not None:
             check_threshold("InkPredictionWriter threshold", threshold)
+        check_int("InkPredictionWriter band_pixels", band_pixels, minimum=1)
         names = list(DEFAULT_FORMATS if formats is None else formats)
         if not write_submission:
             names = [n for n in names if n != "rle"]
@@ -69,65 +85,128 @@ class InkPredictionWriter(pl.Callback):
         self.threshold = threshold
         self.write_submission = write_submission
         self.formats = names
+        self.band_pixels = band_pixels
+        self.resume = resume
         self.written_paths: list[Path] = []
+        self.resumed_bands = 0
+        self._segments: dict[str, SegmentBands] = {}
+        self._stores: dict[str, BandStore] = {}
+        self._stitcher: BandStitcher | None = None
 
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Checks the module and creates/checks the output folder on rank zero; every rank fails together."""
+    # ------------------------------------------------------------------------------------------ hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Plans the bands and tells the data module which tiles this rank predicts (before any loader exists)."""
+        if stage != "predict":
+            return
         self.written_paths = []
-        if not hasattr(pl_module, "last_eval_maps"):
+        self._check_output_dir(trainer)
+        layout = _layout(trainer)
+        for fid in layout.fragment_ids:
+            check_filename_part(fid, "fragment id")
+        weights = _weights_identity(trainer, pl_module)
+        self._segments, self._stores = {}, {}
+        for i, fid in enumerate(layout.fragment_ids):
+            shape = (int(layout.shapes[i][0]), int(layout.shapes[i][1]))
+            segment = SegmentBands(fid, shape, band_height(shape[1], self.band_pixels))
+            mine = layout.windows[layout.windows[:, 0] == i]
+            identity = {
+                "shape": shape,
+                "band_rows": segment.rows,
+                "tile_size": layout.tile_size,
+                "tiles": hashlib.sha1(np.ascontiguousarray(mine, dtype=np.int64).tobytes()).hexdigest(),
+                "source": layout.sources[i] if layout.sources else None,
+                "window": getattr(_eval_config(pl_module), "window", "hann"),
+                "tta": bool(getattr(_eval_config(pl_module), "tta", False)),
+                "weights": weights,
+            }
+            self._segments[fid] = segment
+            self._stores[fid] = BandStore(self.output_dir, fid, identity)
+        if trainer.is_global_zero:
+            self.resumed_bands = sum(store.prepare(self.resume) for store in self._stores.values())
+        trainer.strategy.barrier("InkPredictionWriter.setup")
+        done = {fid: store.done() for fid, store in self._stores.items()}
+        segments = [self._segments[fid] for fid in layout.fragment_ids]
+        plan = plan_rank(segments, layout.windows, layout.tile_size, done, trainer.global_rank, trainer.world_size)
+        trainer.datamodule.select_predict_tiles(plan.indices)
+        window = getattr(_eval_config(pl_module), "window", "hann")
+        weights_map = window_weights(layout.tile_size, window).numpy()
+        self._stitcher = BandStitcher(self._segments, plan.bands, weights_map, self._write_band)
+
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Blends the batch's tile probabilities into their bands; writes the bands it completes."""
+        if self._stitcher is None:
+            raise RuntimeError("InkPredictionWriter: predicting without setup('predict') having planned the bands")
+        if not isinstance(outputs, dict) or not {"prob", "valid", "fragment", "yx"} <= set(outputs):
             raise TypeError(
-                f"InkPredictionWriter needs a module that stitches whole-fragment maps into `last_eval_maps` "
-                f"(such as InkModule); {type(pl_module).__name__} has none"
+                "InkPredictionWriter needs predict_step to return {'prob', 'valid', 'fragment', 'yx'} per tile "
+                f"(as InkModule does); got {type(outputs).__name__}"
             )
+        prob = _numpy(outputs["prob"])[:, 0]
+        valid = _numpy(outputs["valid"])[:, 0]
+        self._stitcher.add(list(outputs["fragment"]), _numpy(outputs["yx"]).astype(np.int64), prob, valid)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Writes the last bands; then rank zero writes every complete segment's outputs and removes its bands."""
+        stitcher, self._stitcher = self._stitcher, None
+        if stitcher is not None:
+            stitcher.finish()
+        trainer.strategy.barrier("InkPredictionWriter.on_predict_end")
+        if not trainer.is_global_zero:
+            return
+        threshold = self._resolve_threshold(pl_module)
+        submission: list[tuple[str, str]] = []
+        for fid, store in self._stores.items():
+            segment = self._segments[fid]
+            missing = sorted(set(range(segment.count)) - store.done())
+            if missing:
+                raise RuntimeError(
+                    f"InkPredictionWriter: segment {fid!r} lacks band(s) {missing[:10]} after prediction; "
+                    f"run the same command again to predict what is missing (finished bands are kept in {store.folder})"
+                )
+            out = FragmentOutput(self.output_dir, fid, segment.shape, self.written_paths, submission)
+            self._write_segment(out, store, segment, threshold)
+            store.remove()
+        if submission:
+            self.written_paths.append(write_submission_csv(self.output_dir, submission))
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _check_output_dir(self, trainer: pl.Trainer) -> None:
+        """Creates/checks the output folder on rank zero; every rank fails together, before any compute."""
         failure: OSError | None = None
         if trainer.is_global_zero:
             try:
                 ensure_writable_dir(self.output_dir, "InkPredictionWriter output_dir")
             except OSError as e:
                 failure = e
-        # Agree on the outcome so that no rank starts a prediction that rank zero cannot write.
         message = trainer.strategy.broadcast(None if failure is None else str(failure), src=0)
         if failure is not None:
             raise failure
         if message is not None:
             raise OSError(f"on rank zero: {message}")
 
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Writes the outputs (rank zero). Runs after the module's ``on_predict_epoch_end`` reduced the maps."""
-        if not trainer.is_global_zero:
-            return
-        maps = self._prediction_maps(pl_module)
-        threshold = self._resolve_threshold(pl_module)
-        shapes = self._full_shapes(trainer, pl_module, maps)
-        submission: list[tuple[str, str]] = []
-        for fid, fragment in maps.items():
-            out = FragmentOutput(self.output_dir, fid, shapes[fid], self.written_paths, submission)
-            self._write_fragment(out, fragment, threshold)
-        if submission:
-            self.written_paths.append(write_submission_csv(self.output_dir, submission))
+    def _write_band(self, fid: str, k: int, rows: tuple[int, int], prob: np.ndarray, valid: np.ndarray) -> None:
+        if not np.isfinite(prob).all():
+            raise ValueError(f"InkPredictionWriter: NaN/inf probabilities in rows {rows[0]}..{rows[1]} of {fid!r}")
+        self._stores[fid].write(k, prob, valid)
 
-    # ------------------------------------------------------------------------------------------ helpers
-
-    @staticmethod
-    def _prediction_maps(pl_module: pl.LightningModule) -> Mapping[str, Mapping[str, np.ndarray]]:
-        stage = getattr(pl_module, "last_eval_stage", "predict")
-        maps = getattr(pl_module, "last_eval_maps", None)
-        if stage != "predict" or not maps:
-            raise RuntimeError(
-                f"InkPredictionWriter: {type(pl_module).__name__} holds no stitched prediction maps after predict "
-                f"(last_eval_stage={stage!r}, {len(maps or {})} fragments); did the predict data yield any tiles?"
-            )
-        for fid, fragment in maps.items():
-            check_filename_part(fid, "fragment id")
-            prob, valid = fragment.get("prob"), fragment.get("valid")
-            if not isinstance(prob, np.ndarray) or prob.ndim != 2 or not np.issubdtype(prob.dtype, np.floating):
-                raise ValueError(f"last_eval_maps[{fid!r}]['prob'] must be a 2-D float array, got {prob!r:.80}")
-            if not isinstance(valid, np.ndarray) or valid.shape != prob.shape or valid.dtype != np.bool_:
-                raise ValueError(
-                    f"last_eval_maps[{fid!r}]['valid'] must be a bool array of the prob shape {prob.shape}, "
-                    f"got {getattr(valid, 'dtype', type(valid).__name__)} {getattr(valid, 'shape', '')}"
-                )
-        return maps
+    def _write_segment(self, out: FragmentOutput, store: BandStore, segment: SegmentBands, threshold: float) -> None:
+        with ExitStack() as stack:
+            writers = [stack.enter_context(FORMATS[name](out)) for name in self.formats]
+            for k in range(segment.count):
+                prob, valid = store.read(k)
+                band = PredictionBand(prob=prob, mask=(prob > threshold) & valid)
+                for write in writers:
+                    write(band)
 
     def _resolve_threshold(self, pl_module: pl.LightningModule) -> float:
         if self.threshold is not None:
@@ -135,50 +214,37 @@ class InkPredictionWriter(pl.Callback):
         threshold = float(getattr(_eval_config(pl_module), "threshold", 0.5))
         return check_threshold("InkPredictionWriter: the module's eval_config.threshold", threshold)
 
-    @staticmethod
-    def _full_shapes(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, maps: Mapping[str, Mapping[str, np.ndarray]]
-    ) -> dict[str, tuple[int, int]]:
-        datamodule = getattr(trainer, "datamodule", None)
-        fragment_shapes = getattr(datamodule, "fragment_shapes", None)
-        if not callable(fragment_shapes):
-            stride = getattr(_eval_config(pl_module), "stitch_stride", 1)
-            if stride != 1:
-                rank_zero_warn(
-                    f"InkPredictionWriter: no datamodule.fragment_shapes to upsample to, so the predictions are "
-                    f"written at the stitched 1/{stride} resolution"
-                )
-            return {fid: tuple(m["prob"].shape) for fid, m in maps.items()}
-        known = fragment_shapes("predict")
-        shapes: dict[str, tuple[int, int]] = {}
-        for fid, fragment in maps.items():
-            if fid not in known:
-                raise ValueError(
-                    f"InkPredictionWriter: fragment {fid!r} has a stitched map but is not among "
-                    f"datamodule.fragment_shapes('predict') ({sorted(known)})"
-                )
-            full = (int(known[fid][0]), int(known[fid][1]))
-            h, w = fragment["prob"].shape
-            if h > full[0] or w > full[1] or h == 0 or w == 0:
-                raise ValueError(
-                    f"InkPredictionWriter: stitched map of fragment {fid!r} is {h} x {w}, which cannot be upsampled "
-                    f"to its full size {full[0]} x {full[1]}"
-                )
-            shapes[fid] = full
-        return shapes
 
-    def _write_fragment(self, out: FragmentOutput, fragment: Mapping[str, np.ndarray], threshold: float) -> None:
-        """Upsamples one fragment band by band and feeds every band to each format."""
-        with ExitStack() as stack:
-            writers = [stack.enter_context(FORMATS[name](out)) for name in self.formats]
-            for prob, valid in full_resolution_bands(fragment["prob"], fragment["valid"], out.shape, BAND_PIXELS):
-                if not np.isfinite(prob).all():
-                    raise ValueError(
-                        f"InkPredictionWriter: the probability map of fragment {out.fragment_id!r} has NaN/inf"
-                    )
-                band = PredictionBand(prob=prob, mask=(prob > threshold) & valid)
-                for write in writers:
-                    write(band)
+def _layout(trainer: pl.Trainer) -> PredictionLayout:
+    datamodule = getattr(trainer, "datamodule", None)
+    if not callable(getattr(datamodule, "prediction_layout", None)) or not callable(
+        getattr(datamodule, "select_predict_tiles", None)
+    ):
+        raise TypeError(
+            "InkPredictionWriter needs a data module with prediction_layout() and select_predict_tiles() "
+            f"(such as InkDataModule); got {type(datamodule).__name__}. Pass datamodule=..., not bare dataloaders."
+        )
+    return datamodule.prediction_layout()
+
+
+def _weights_identity(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+    """The checkpoint file (path, size, time) when predicting from one, else a hash of the module's weights."""
+    ckpt = getattr(trainer, "ckpt_path", None)
+    if ckpt:
+        path = Path(ckpt).resolve()
+        stat = path.stat()
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha1()
+    for name, tensor in sorted(pl_module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _eval_config(pl_module: pl.LightningModule) -> object | None:

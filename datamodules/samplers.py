@@ -8,7 +8,7 @@ ranks (no padding duplicates, which would bias a stitched map).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,11 +79,19 @@ def _draw(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class ShardedEvalSampler(DistributedSampler):
-    """Deals evaluation tiles out to ranks in order: each tile exactly once across ranks, no padding."""
+    """Deals evaluation tiles out to ranks in order: each tile exactly once across ranks, no padding.
 
-    def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0) -> None:
+    ``indices``: this rank's tiles, already chosen (whole-segment prediction plans its own share per rank).
+    """
+
+    def __init__(
+        self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, indices: Sequence[int] | None = None
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.indices = list(range(rank, len(dataset), num_replicas))
+        if indices is None:
+            self.indices = list(range(rank, len(dataset), num_replicas))
+        else:
+            self.indices = [int(i) for i in indices]
         self.num_samples = len(self.indices)
         self.total_size = len(dataset)
 

@@ -47,7 +47,7 @@ SHAPELESS_SETTINGS = ("num_slices", "net.depth_pool")
 class InkModule(pl.LightningModule):
     """Trains an `InkNet` on tiles and scores it on whole stitched fragments.
 
-    Validation, test and prediction tiles are turned into probabilities (optionally averaged over the 8
+    Validation and test tiles are turned into probabilities (optionally averaged over the 8
     flips/rotations), blended into one map per fragment by a `FragmentStitcher`, summed across DDP ranks at
     epoch end and scored with F0.5 over each whole fragment: ``val/f05``, ``val/f05_best``, ``val/threshold``,
     ``val/ap``. Test never tunes a threshold on itself: ``test/f05`` (at ``eval.threshold``),
@@ -55,8 +55,9 @@ class InkModule(pl.LightningModule):
     checkpoints), ``test/ap``, ``test/<fragment_id>/f05``, and the labelled upper bound ``test/f05_oracle``. Scores
     count full-resolution pixels inside the mask whatever ``eval.stitch_stride`` is. The maps of the last evaluation
     are kept in `last_eval_maps` (``{fragment_id: {"prob", "valid"[, "label"], "box"}}``); they are set in
-    the module's ``on_{validation,test,predict}_epoch_end``, which Lightning runs after the callbacks' hooks of the
-    same name, so callbacks read them in ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``.
+    the module's ``on_{validation,test}_epoch_end``, which Lightning runs after the callbacks' hooks of the
+    same name, so callbacks read them in ``on_validation_end`` / ``on_test_end``. Prediction returns tile
+    probabilities, which `InkPredictionWriter` stitches band by band in bounded memory.
     Callbacks read the settings from `net_config`, `loss_config`, `eval_config` and `optim_config` (always the
     dataclasses, whereas ``hparams`` holds what was given: dataclasses in Python, plain dicts from LightningCLI).
 
@@ -285,18 +286,20 @@ class InkModule(pl.LightningModule):
         """Scores the stitched test fragments, overall and per fragment."""
         self._finish_eval("test")
 
-    def on_predict_epoch_start(self) -> None:
-        """Allocates the prediction stitcher."""
-        self._start_eval("predict")
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Stitches the batch and returns ``{"prob": [B, 1, T, T], "fragment": ids, "yx": [B, 2]}``."""
-        probs = self._eval_step(batch, "predict")
-        return {"prob": probs, "fragment": list(batch["fragment"]), "yx": batch["yx"]}
+        """Tile probabilities: ``{"prob": [B, 1, T, T], "valid": [B, 1, T, T], "fragment": ids, "yx": [B, 2]}``.
 
-    def on_predict_epoch_end(self) -> None:
-        """Reduces the stitched prediction maps into `last_eval_maps`."""
-        self._finish_eval("predict")
+        Prediction is not stitched here: `callbacks.prediction_writer.InkPredictionWriter` blends the tiles into row
+        bands and writes them as they complete, so memory does not grow with the segment.
+        """
+        probs = self.predict_probabilities(batch["image"])
+        valid = batch.get("valid")
+        return {
+            "prob": probs,
+            "valid": torch.ones_like(probs) if valid is None else valid,
+            "fragment": list(batch["fragment"]),
+            "yx": batch["yx"],
+        }
 
 
 def group_legacy_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:

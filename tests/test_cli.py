@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 import yaml
 from PIL import Image
@@ -288,7 +289,8 @@ def test_a_checkpoint_with_flat_hyperparameters_loads(trained: TrainedRun, in_tm
     config = write_config(in_tmp, trained.data_dir)
     limit = f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches"
     cli = cli_main([subcommand, "--config", str(config), "--ckpt_path", str(old), limit, "1"])
-    assert cli.model.net_config.encoder == "tiny3d" and cli.model.last_eval_maps
+    assert cli.model.net_config.encoder == "tiny3d"
+    assert list((in_tmp / "pred").glob("*_prediction.tif")) if subcommand == "predict" else cli.model.last_eval_maps
     loaded = InkModule.load_from_checkpoint(old)
     assert loaded.net_config == cli.model.net_config and loaded.optim_config.lr == 0.003
     assert all(torch.equal(v, checkpoint["state_dict"][k]) for k, v in loaded.state_dict().items())
@@ -312,8 +314,10 @@ def test_predict_writes_pngs_and_submission(trained: TrainedRun, in_tmp: Path) -
             str(out),
         ]
     )
-    assert sorted(p.name for p in out.iterdir()) == ["frag1_mask.png", "frag1_prediction.png", "submission.csv"]
+    names = ["frag1_mask.png", "frag1_prediction.png", "frag1_prediction.tif", "submission.csv"]
+    assert sorted(p.name for p in out.iterdir()) == names  # no band files or temporary files left
     prob = np.asarray(Image.open(out / "frag1_prediction.png"))
+    np.testing.assert_array_equal(tifffile.imread(out / "frag1_prediction.tif"), prob)
     mask = np.asarray(Image.open(out / "frag1_mask.png"))
     assert prob.shape == mask.shape == (80, 112)
     assert set(np.unique(mask).tolist()) <= {0, 255}

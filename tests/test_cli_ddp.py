@@ -99,3 +99,28 @@ def test_validation_scores_are_identical_on_1_and_2_processes(ddp_fit: Path, tmp
         scores[devices] = {name: row[name] for name in RANK_FREE_METRICS}
     for name in RANK_FREE_METRICS:
         assert scores[WORLD_SIZE][name] == pytest.approx(scores[1][name], abs=1e-6), (name, scores)
+
+
+def test_prediction_on_2_processes_equals_1_process(ddp_fit: Path, tmp_path: Path) -> None:
+    """Bands are shared out between the ranks (each writes its own); the outputs are those of one process."""
+    config = ddp_fit / "config.yaml"
+    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
+    outputs = {}
+    for devices in (1, WORLD_SIZE):
+        root = tmp_path / f"devices{devices}"
+        root.mkdir()
+        ddp = ["--strategy", "ddp"] if devices > 1 else []
+        out = root / "pred"
+        run_script(
+            "predict.py",
+            *("--config", str(config), "--ckpt_path", str(ckpt), "--devices", str(devices), *ddp),
+            *("--prediction_writer.output_dir", str(out), "--prediction_writer.band_pixels", "2048"),
+            *("--trainer.logger.init_args.save_dir", str(root / "runs")),
+            cwd=root,
+        )
+        outputs[devices] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    names = sorted(outputs[1])
+    assert any(n.endswith("_prediction.tif") for n in names) and "submission.csv" in names
+    assert sorted(outputs[WORLD_SIZE]) == names
+    for name in names:
+        assert outputs[WORLD_SIZE][name] == outputs[1][name], name

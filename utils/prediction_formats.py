@@ -11,12 +11,18 @@ Formats:
 - ``png``: ``<id>_prediction.png`` (probabilities as 8-bit grey, ``round(255 * p)``) and ``<id>_mask.png``
   (255 where the band's mask is set, else 0);
 - ``rle``: one ``Id,Predicted`` row of ``submission.csv`` per fragment: the Kaggle run-length encoding
-  (`utils.rle`) of the mask; `write_submission_csv` writes the rows after the last fragment.
+  (`utils.rle`) of the mask; `write_submission_csv` writes the rows after the last fragment;
+- ``tiff``: ``<id>_prediction.tif``, the 8-bit probabilities as a tiled (256²), zlib-compressed BigTIFF with
+  reduced-resolution levels (`utils.pyramid`); the rows go to a disk-backed scratch file until the last band;
+- ``zarr``: ``<id>_prediction.zarr``, the same as an OME-Zarr multiscale group (NGFF 0.4), written band by band.
+
+Probabilities become 8-bit grey the same way in every format (`grey_levels`).
 """
 
 from __future__ import annotations
 
 import csv
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_open
+from utils.atomic import atomic_open, atomic_path
 from utils.png import StreamingPngWriter
+from utils.pyramid import OmeZarrWriter, write_tiff_pyramid
 from utils.rle import RleEncoder
 
 SUBMISSION_CSV = "submission.csv"
@@ -64,6 +71,15 @@ class FragmentOutput:
 
 
 BandWriter = Callable[[PredictionBand], None]
+
+
+def grey_levels(prob: np.ndarray) -> np.ndarray:
+    """uint8 ``round(255 * clip(p, 0, 1))``; the caller's array is never modified."""
+    scaled = np.clip(prob, 0.0, 1.0)
+    scaled *= 255.0
+    return np.rint(scaled, out=scaled).astype(np.uint8)
+
+
 Format = Callable[[FragmentOutput], AbstractContextManager[BandWriter]]
 
 
@@ -78,10 +94,7 @@ def png_format(out: FragmentOutput) -> Iterator[BandWriter]:
         mask_png = StreamingPngWriter(mask_file, height, width)
 
         def write(band: PredictionBand) -> None:
-            scaled = np.clip(band.prob, 0.0, 1.0)  # a new array: the caller's band is never modified
-            scaled *= 255.0
-            prob_png.write_rows(np.rint(scaled, out=scaled).astype(np.uint8))
-            del scaled
+            prob_png.write_rows(grey_levels(band.prob))
             mask_png.write_rows(band.mask.view(np.uint8) * np.uint8(255))
 
         yield write
@@ -98,7 +111,43 @@ def rle_format(out: FragmentOutput) -> Iterator[BandWriter]:
     out.submission.append((out.fragment_id, encoder.finish()))
 
 
-FORMATS: dict[str, Format] = {"png": png_format, "rle": rle_format}
+@contextmanager
+def tiff_format(out: FragmentOutput) -> Iterator[BandWriter]:
+    """Writes ``<id>_prediction.tif`` (a BigTIFF pyramid) once all bands are in a disk-backed scratch image."""
+    path = out.output_dir / f"{out.fragment_id}_prediction.tif"
+    scratch = out.output_dir / f".{out.fragment_id}_prediction.{secrets.token_hex(6)}.tmp"
+    image = np.memmap(scratch, dtype=np.uint8, mode="w+", shape=out.shape)
+    row = 0
+
+    def write(band: PredictionBand) -> None:
+        nonlocal row
+        image[row : row + band.prob.shape[0]] = grey_levels(band.prob)
+        row += band.prob.shape[0]
+
+    try:
+        yield write
+        with atomic_path(path) as tmp:
+            write_tiff_pyramid(tmp, image, out.output_dir)
+    finally:
+        scratch.unlink(missing_ok=True)  # the map stays readable until released; the disk space is freed then
+    out.written.append(path)
+
+
+@contextmanager
+def zarr_format(out: FragmentOutput) -> Iterator[BandWriter]:
+    """Writes ``<id>_prediction.zarr`` (OME-Zarr multiscales) band by band; it appears only when complete."""
+    path = out.output_dir / f"{out.fragment_id}_prediction.zarr"
+    writer = OmeZarrWriter(path, out.shape, out.fragment_id)
+    try:
+        yield lambda band: writer.write_rows(grey_levels(band.prob))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    out.written.append(path)
+
+
+FORMATS: dict[str, Format] = {"tiff": tiff_format, "png": png_format, "rle": rle_format, "zarr": zarr_format}
 
 
 def write_submission_csv(output_dir: Path, rows: list[tuple[str, str]]) -> Path:
