@@ -17,6 +17,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --stitch-memory             # stitching + scoring peak, 14830 x 9506, strides 1, 2
     python scripts/benchmark.py --loader                    # tiles/s per core: ours (CPU aug, read only) vs peers
     python scripts/benchmark.py --step                      # Lightning training step vs a plain PyTorch loop
+    python scripts/benchmark.py --predict-memory            # whole-segment prediction 1024^2 vs 8192^2: memory, px/s
 """
 
 from __future__ import annotations
@@ -289,6 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiles", type=int, default=300, help="loader: tiles timed per way")
     parser.add_argument("--step", action="store_true", help="Lightning training step vs a plain PyTorch loop")
     parser.add_argument("--compile", action="store_true", help="step: also with torch.compile")
+    parser.add_argument(
+        "--predict-memory", action="store_true", help="whole-segment prediction: peak tree memory and px/s, 2 sizes"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 8192], help="predict-memory: segment sides")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -304,6 +309,11 @@ def main(argv: list[str] | None = None) -> None:
         import datamodules.ink_datamodule  # noqa: F401
 
         raw = json.loads(args.child_args)
+        if args.child == "predict":
+            from benchmarks.predict_memory import child
+
+            print(json.dumps(child(**raw)))
+            return
         kw = {
             k: (Path(v) if k == "data_dir" else v == "True" if v in ("True", "False") else int(v))
             for k, v in raw.items()
@@ -317,8 +327,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     results: dict[str, object] = {}
-    if not (args.data or args.models or args.quality or args.stitch_memory or args.loader or args.step):
-        parser.error("choose a benchmark: --data, --models, --quality, --stitch-memory, --loader and/or --step")
+    chosen = (args.data, args.models, args.quality, args.stitch_memory, args.loader, args.step, args.predict_memory)
+    if not any(chosen):
+        parser.error(
+            "choose a benchmark: --data, --models, --quality, --stitch-memory, --loader, --step and/or --predict-memory"
+        )
+    if args.predict_memory:
+        from benchmarks.predict_memory import predict_memory_benchmark
+
+        results["predict_memory"] = predict_memory_benchmark(Path(args.work_dir), tuple(args.sizes))
     if args.loader:
         results["loader"] = loader_benchmark(args)
     if args.step:
