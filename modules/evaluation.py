@@ -35,7 +35,8 @@ class EvalConfig:
 
     Attributes:
         window: Stitching window: ``hann``, ``gaussian`` or ``uniform`` (see `window_weights`).
-        stitch_stride: Stitched probabilities are kept at 1/stitch_stride resolution (memory of large fragments);
+        stitch_stride: Validation and test probabilities are kept at 1/stitch_stride resolution (memory of large
+            fragments; prediction is stitched at full resolution, band by band, by the prediction writer);
             scores still count full-resolution pixels (the map is upsampled band by band when counting).
         tta: Average probabilities over the 8 flips/rotations at validation, test and prediction.
         threshold: Probability threshold of ``f05`` (and of the prediction writer's masks), in (0, 1).
