@@ -9,7 +9,7 @@ What the pictures mean:
   share of input-gradient × input, ``sum_{y,x} |d target / d x[d, y, x] * x[d, y, x]|`` per slice ``d``.
   Line (3-D target layers only): the share of Grad-CAM mass at each depth index of the 5-D activation,
   interpolated back to the input's ``D`` slices. Both sum to 1 over the slices; the x axis gives absolute
-  slice numbers (``z_start + d``) when the data module tells ``z_start``.
+  slice numbers (``z_start + d``, the tile's fragment's own window) when the data module tells them.
 
 The maths (target, weights, default layer) are in `modules.gradcam`, the tile choice in `datamodules.cam_tiles`
 and the drawing in `utils.figures`; this file decides when to run, where the files go and what is logged.
@@ -155,7 +155,6 @@ class GradCAMCallback(pl.Callback):
         out_dir = Path(self.output_dir) if self.output_dir else Path(self._log_dir or trainer.default_root_dir) / "cam"
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)] if self.log_to_tensorboard else []
         epoch, step = trainer.current_epoch, trainer.global_step
-        first_slice = _z_start(trainer)
         image = tiles["image"]
         paths: list[Path] = []
         for i in range(image.shape[0]):
@@ -166,7 +165,7 @@ class GradCAMCallback(pl.Callback):
             chart = depth_profile_chart(
                 result.input_depth[i].numpy(),
                 None if result.cam_depth is None else result.cam_depth[i].numpy(),
-                first_slice=first_slice,
+                first_slice=_z_start(trainer, tiles["fragment"][i]),
                 title=f"tile {i}: {tiles['fragment'][i]} y={y} x={x}, epoch {epoch}, target {result.target_source[i]}",
             )
             paths.append(write_png(out_dir / f"epoch{epoch:03d}_tile{i}.png", overlay))
@@ -206,9 +205,19 @@ def _val_loader(trainer: pl.Trainer) -> DataLoader:
     return loaders
 
 
-def _z_start(trainer: pl.Trainer) -> int:
-    """The absolute index of the data's first slice (the data module's ``z_start``), for the charts' x axis."""
-    hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None)
+def _z_start(trainer: pl.Trainer, fragment_id: str) -> int:
+    """The index of the tile's first slice, for the charts' x axis: its fragment's own window start (with
+    ``z_window: auto`` each fragment has its own), else the data module's ``z_start``, else 0."""
+    datamodule = getattr(trainer, "datamodule", None)
+    fragments = getattr(datamodule, "fragments", None)
+    if callable(fragments):
+        try:
+            for fragment in fragments("val"):
+                if getattr(fragment, "id", None) == fragment_id:
+                    return int(fragment.z_start)
+        except (RuntimeError, ValueError, TypeError):  # not set up, or a data module of another shape
+            pass
+    hparams = getattr(datamodule, "hparams", None)
     if isinstance(hparams, Mapping) and isinstance(hparams.get("z_start"), int):
         return int(hparams["z_start"])
     return 0

@@ -2,8 +2,8 @@
 
 albumentations runs OpenCV on at most 4 channels per call, so a 30-slice tile goes through a flip, a warp or a
 blur in 8 chunks plus a re-stack, and draws gaussian noise through numpy: per 256 x 256 x 30 float32 tile (one
-core) a flip took 8 ms, the affine warp 26 ms, a blur 31-35 ms and noise 17 ms. OpenCV's warpAffine, sepFilter2D
-and filter2D take any number of channels (2-7 ms), flips and rotations are numpy views (free), and OpenCV draws
+core) the affine warp 26 ms, a blur 31-35 ms and noise 17 ms. OpenCV's warpAffine, sepFilter2D
+and filter2D take any number of channels (2-7 ms), and OpenCV draws
 the noise (5 ms). Each subclass below overrides only how the parameters albumentations drew are applied,
 with the same border and interpolation rules, so the transform means exactly what its albumentations parent means
 (`tests/test_cpu_transforms.py` compares them).
@@ -25,32 +25,10 @@ __all__ = [
     "FastBrightnessContrast",
     "FastGaussNoise",
     "FastGaussianBlur",
-    "FastHorizontalFlip",
     "FastMotionBlur",
-    "FastRandomRotate90",
-    "FastVerticalFlip",
 ]
 
 _REFLECT = cv2.BORDER_REFLECT_101  # albumentations' (and OpenCV's) default border for convolutions
-
-
-# Flips and rotations return views: the pixels move once, in whichever later step copies first (a warp, a blur,
-# or the final layout change), instead of once per transform.
-
-
-class FastHorizontalFlip(A.HorizontalFlip):
-    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        return img[:, ::-1]
-
-
-class FastVerticalFlip(A.VerticalFlip):
-    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        return img[::-1]
-
-
-class FastRandomRotate90(A.RandomRotate90):
-    def apply(self, img: np.ndarray, factor: int, **params: Any) -> np.ndarray:
-        return np.rot90(img, factor)
 
 
 class FastAffine(A.Affine):

@@ -1,28 +1,37 @@
-"""A fragment on disk: a lazy, memory-mapped ``[Z, H, W]`` volume with its papyrus mask and ink labels.
+"""A fragment on disk: a lazy ``[Z, H, W]`` volume with its papyrus mask and ink labels.
 
-Nothing here loads a volume into RAM. Uncompressed, contiguous slices are memory-mapped where they lie;
-compressed or tiled slices are converted once, slice by slice, to an uncompressed ``.npy`` cache that is
-then memory-mapped. The cache file name carries the source's size and modification time, so a changed
-source is converted again, and every cache file is written under a temporary name and renamed when
-complete.
+Nothing here loads a volume into RAM. The volume is either a folder of numbered TIFF slices, memory-mapped
+(`datamodules.volume_tiff`), or a Zarr array / OME-Zarr group, local (``surface_volume.zarr``) or remote
+(``surface_volume.url`` holding an fsspec URL), read chunk by chunk through a bounded cache
+(`datamodules.volume_zarr`). Masks and labels, PNG or zarr, become memory-mapped ``.npy`` caches
+(`datamodules.fragment_maps`). This class picks the backend and gives both one interface.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from datamodules.fragment_maps import binary_cache, ignore_cache, save_npy
+from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
+from datamodules.fragment_maps import binary_cache, find_map, ignore_cache, source_stamp
+from datamodules.volume_tiff import SLICE_DIRS, SliceInfo, TiffVolume, find_volume_dir, inspect_slice, list_slices
+from datamodules.volume_zarr import ZarrPlane, ZarrVolume, describe, read_url_file
 from utils.layout import to_channels_last
 
-SLICE_DIRS = ("surface_volume", "layers")
-_SLICE_NAME = re.compile(r"^(\d+)\.tiff?$", re.IGNORECASE)
-_SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"))
+__all__ = [
+    "DEFAULT_Z_END",
+    "DEFAULT_Z_START",
+    "SLICE_DIRS",
+    "Fragment",
+    "SliceInfo",
+    "discover_fragments",
+    "find_volume",
+    "find_volume_dir",
+    "volume_candidates",
+    "inspect_slice",
+    "list_slices",
+]
 
 # Default slice range [15, 45): 30 slices around the middle of the 65, covering the ranges the
 # competition's winners found best (24-39, 17-42, 18-45) with room for the surface's wobble in depth.
@@ -30,12 +39,32 @@ DEFAULT_Z_START = 15
 DEFAULT_Z_END = 45
 
 
-def find_volume_dir(fragment_dir: Path) -> Path | None:
-    """Returns the slice folder (``surface_volume/`` or ``layers/``) of a fragment folder, or None."""
+def volume_candidates(fragment_dir: Path) -> list[Path]:
+    """Every volume a fragment folder holds: slice folders, ``.zarr`` folders and ``.url`` files."""
+    found = []
     for name in SLICE_DIRS:
-        if (fragment_dir / name).is_dir():
-            return fragment_dir / name
-    return None
+        for path, ok in (
+            (fragment_dir / name, Path.is_dir),
+            (fragment_dir / f"{name}.zarr", Path.is_dir),
+            (fragment_dir / f"{name}.url", Path.is_file),
+        ):
+            if ok(path):
+                found.append(path)
+    return found
+
+
+def find_volume(fragment_dir: Path) -> Path | None:
+    """The fragment's volume: ``surface_volume/`` (or ``layers/``), ``surface_volume.zarr`` or ``.url``; None if none.
+
+    Raises:
+        ValueError: the folder holds more than one volume.
+    """
+    found = volume_candidates(fragment_dir)
+    if len(found) > 1:
+        raise ValueError(
+            f"fragment '{fragment_dir}' holds {len(found)} volumes ({', '.join(p.name for p in found)}): keep one"
+        )
+    return found[0] if found else None
 
 
 def discover_fragments(data_dir: str | Path) -> list[Path]:
@@ -47,89 +76,21 @@ def discover_fragments(data_dir: str | Path) -> list[Path]:
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir '{root}' does not exist or is not a folder")
-    found = sorted(p for p in root.iterdir() if p.is_dir() and find_volume_dir(p) is not None)
+    found = sorted(p for p in root.iterdir() if p.is_dir() and volume_candidates(p))
     if not found:
         raise FileNotFoundError(
             f"no fragment found in data_dir '{root}': expected sub-folders holding "
-            f"{' or '.join(s + '/' for s in SLICE_DIRS)} with numbered .tif slices"
+            f"{' or '.join(s + '/' for s in SLICE_DIRS)} with numbered .tif slices, "
+            f"{' or '.join(s + '.zarr' for s in SLICE_DIRS)}, or {' or '.join(s + '.url' for s in SLICE_DIRS)}"
         )
     return found
-
-
-def list_slices(volume_dir: Path) -> list[Path]:
-    """Numbered slice files of a volume folder, sorted numerically (``0.tif``, ``00.tif``, ``000.tif`` …).
-
-    Raises:
-        FileNotFoundError: no numbered .tif file in the folder.
-        ValueError: a gap or a duplicate in the numbering.
-    """
-    numbered: dict[int, Path] = {}
-    for path in volume_dir.iterdir():
-        match = _SLICE_NAME.match(path.name)
-        if not match:
-            continue
-        index = int(match.group(1))
-        if index in numbered:
-            raise ValueError(f"slice {index} appears twice in '{volume_dir}': {numbered[index].name} and {path.name}")
-        numbered[index] = path
-    if not numbered:
-        raise FileNotFoundError(f"no numbered .tif slice found in '{volume_dir}'")
-    first, last = min(numbered), max(numbered)
-    missing = [i for i in range(first, last + 1) if i not in numbered]
-    if missing:
-        raise ValueError(
-            f"gap in slice numbering in '{volume_dir}': slice(s) {missing[:10]} missing between {first} and {last}"
-        )
-    return [numbered[i] for i in range(first, last + 1)]
-
-
-@dataclass(frozen=True)
-class SliceInfo:
-    """What the TIFF header says about one slice."""
-
-    path: Path
-    shape: tuple[int, int]
-    dtype: np.dtype
-    mappable: bool
-
-
-def inspect_slice(path: Path) -> SliceInfo:
-    """Reads one slice's header and checks that its pixel data is all there.
-
-    Raises:
-        ValueError: the file is not a readable 2-D TIFF, its dtype is unsupported, or it is truncated.
-    """
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape = tuple(int(s) for s in series.shape)
-            dtype = np.dtype(series.dtype)
-            page = tif.pages[0]
-            offset = series.dataoffset
-            mappable = offset is not None and page.compression == 1 and dtype.byteorder in ("=", "|", "<")
-            if offset is not None and offset + series.size * dtype.itemsize > os.path.getsize(path):
-                raise ValueError("file is shorter than its pixel data")
-            if offset is None:
-                # Compressed or tiled: check that every strip or tile lies inside the file.
-                end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
-                if end > os.path.getsize(path):
-                    raise ValueError("file is shorter than its compressed strips")
-    except ValueError as err:
-        raise ValueError(f"unreadable or truncated TIFF slice '{path}': {err}") from err
-    except Exception as err:  # tifffile raises several types for corrupt files
-        raise ValueError(f"unreadable or truncated TIFF slice '{path}': {type(err).__name__}: {err}") from err
-    if len(shape) != 2:
-        raise ValueError(f"slice '{path}' has shape {shape}; expected a 2-D image")
-    if dtype not in _SUPPORTED_DTYPES:
-        raise ValueError(f"slice '{path}' has dtype {dtype}; expected uint8 or uint16")
-    return SliceInfo(path=path, shape=shape, dtype=dtype, mappable=bool(mappable))
 
 
 class Fragment:
     """One fragment: a lazy ``[Z, H, W]`` volume, its mask and (optional) ink labels.
 
-    Slices are opened on first read in each process, so a Fragment pickles to DataLoader workers and DDP
-    processes without file handles or maps.
+    Files and stores are opened on first read in each process, so a Fragment pickles to DataLoader workers and
+    DDP processes without file handles, maps or zarr stores.
 
     Args:
         path: the fragment folder.
@@ -137,11 +98,14 @@ class Fragment:
         z_end: one past the last slice of that range.
         reverse_depth: the fragment is stored with its depth order reversed; slice ``z`` is read from
             file ``Z-1-z``.
-        cache_dir: where converted (compressed or tiled) slices go; default ``<fragment>/.ink_cache``.
-        require_labels: raise if ``inklabels.png`` is missing.
+        cache_dir: where converted (compressed or tiled) slices and the mask/label caches go; default
+            ``<fragment>/.ink_cache``.
+        require_labels: raise if ``inklabels.png`` (or ``inklabels.zarr``) is missing.
+        chunk_cache_mb: byte limit, in MiB, of the process's cache of decoded zarr chunks (shared by all zarr
+            volumes of the process; unused for TIFF slices).
 
     Raises:
-        ValueError / FileNotFoundError: with the file or setting named, for every inconsistency.
+        ValueError / FileNotFoundError / ImportError: with the file or setting named, for every inconsistency.
     """
 
     def __init__(
@@ -153,23 +117,16 @@ class Fragment:
         reverse_depth: bool = False,
         cache_dir: str | Path | None = None,
         require_labels: bool = False,
+        chunk_cache_mb: int = DEFAULT_CHUNK_CACHE_MB,
     ) -> None:
         self.path = Path(path)
         self.id = self.path.name
-        volume_dir = find_volume_dir(self.path)
-        if volume_dir is None:
-            raise FileNotFoundError(f"fragment '{self.path}' has no {' or '.join(SLICE_DIRS)} folder")
-        self.slices = [inspect_slice(p) for p in list_slices(volume_dir)]
-        first = self.slices[0]
-        for info in self.slices[1:]:
-            if info.shape != first.shape or info.dtype != first.dtype:
-                raise ValueError(
-                    f"slice '{info.path}' is {info.shape} {info.dtype} but '{first.path.name}' is "
-                    f"{first.shape} {first.dtype}: all slices of a fragment must match"
-                )
-        self.depth = len(self.slices)
-        self.height, self.width = first.shape
-        self.dtype = first.dtype
+        if isinstance(chunk_cache_mb, bool) or not isinstance(chunk_cache_mb, int) or chunk_cache_mb < 0:
+            raise ValueError(f"chunk_cache_mb must be an integer >= 0, got {chunk_cache_mb!r}")
+        self.cache_dir = Path(cache_dir) / self.id if cache_dir is not None else self.path / ".ink_cache"
+        self._volume = self._open_volume(chunk_cache_mb << 20)
+        self.depth, self.height, self.width = self._volume.shape
+        self.dtype = self._volume.dtype
         if not 0 <= z_start < z_end:
             raise ValueError(f"z_start={z_start}, z_end={z_end}: need 0 <= z_start < z_end")
         if z_end > self.depth:
@@ -179,50 +136,79 @@ class Fragment:
             )
         self.z_start, self.z_end = z_start, z_end
         self.reverse_depth = reverse_depth
-        self.cache_dir = Path(cache_dir) / self.id if cache_dir is not None else self.path / ".ink_cache"
-        self._maps: dict[object, np.ndarray] = {}
+        self._npy: dict[Path, np.ndarray] = {}
         # (lo, hi) raw values mapped to 0 and 1 by the model's input normalisation; None: the dtype's range.
         self.intensity: tuple[float, float] | None = None
 
         # Mask and labels are memory-mapped .npy caches like the slices (see datamodules/fragment_maps.py).
         shape = (self.height, self.width)
-        mask_path = self.path / "mask.png"
-        self._mask_file = binary_cache(mask_path, self.cache_dir, shape, "mask") if mask_path.exists() else None
-        label_path = self.path / "inklabels.png"
-        if label_path.exists():
-            self._labels_file: Path | None = binary_cache(label_path, self.cache_dir, shape, "ink labels")
+        self._mask_source = find_map(self.path, "mask")
+        self._mask_file = binary_cache(self._mask_source, self.cache_dir, shape, "mask") if self._mask_source else None
+        label_source = find_map(self.path, "inklabels")
+        if label_source is not None:
+            self._labels_file: Path | None = binary_cache(label_source, self.cache_dir, shape, "ink labels")
         elif require_labels:
-            raise FileNotFoundError(f"fragment '{self.id}' has no ink labels: '{label_path}' is missing")
+            raise FileNotFoundError(
+                f"fragment '{self.id}' has no ink labels: '{self.path / 'inklabels.png'}' "
+                "(or inklabels.zarr) is missing"
+            )
         else:
             self._labels_file = None
-        self._ignore_file = ignore_cache(label_path, self.path / "ignore.png", self.cache_dir, shape)
+        ignore_source = find_map(self.path, "ignore") or self.path / "ignore.png"
+        self._ignore_file = ignore_cache(
+            label_source or self.path / "inklabels.png", ignore_source, self.cache_dir, shape
+        )
+
+    def _open_volume(self, cache_bytes: int) -> TiffVolume | ZarrVolume:
+        source = find_volume(self.path)
+        if source is None:
+            raise FileNotFoundError(
+                f"fragment '{self.path}' has no {' or '.join(SLICE_DIRS)} folder "
+                f"(nor {' or '.join(s + '.zarr' for s in SLICE_DIRS)}, nor a .url file naming one)"
+            )
+        if source.suffix == ".zarr":
+            return ZarrVolume(source, describe(source), cache_bytes)
+        if source.suffix == ".url":
+            url = read_url_file(source)
+            return ZarrVolume(url, describe(url, source), cache_bytes)
+        return TiffVolume(source, self.cache_dir)
+
+    @property
+    def backend(self) -> str:
+        """``"tiff"`` or ``"zarr"``: how the volume is stored."""
+        return "zarr" if isinstance(self._volume, ZarrVolume) else "tiff"
 
     @property
     def mask(self) -> np.ndarray:
-        """Papyrus mask, bool ``[H, W]`` (memory-mapped; all True when the fragment has no mask.png)."""
+        """Papyrus mask, bool ``[H, W]`` (memory-mapped; all True when the fragment has no mask)."""
         if self._mask_file is None:
             return np.broadcast_to(np.True_, (self.height, self.width))
         return self._open_npy(self._mask_file)
 
     @property
     def labels(self) -> np.ndarray | None:
-        """Ink labels, bool ``[H, W]`` (memory-mapped), or None when the fragment has no inklabels.png."""
+        """Ink labels, bool ``[H, W]`` (memory-mapped), or None when the fragment has no labels."""
         return None if self._labels_file is None else self._open_npy(self._labels_file)
 
     @property
     def ignore(self) -> np.ndarray | None:
         """Pixels left out of the loss and the metric, bool ``[H, W]`` (memory-mapped), or None.
 
-        The union of ``ignore.png`` (0/255) and the label pixels valued 127 ("unknown"): real labels are drawn
+        The union of the ignore map (0/255) and the label pixels valued 127 ("unknown"): real labels are drawn
         loosely, and uncertain regions are better left unscored than counted as ink or as papyrus.
         """
         return None if self._ignore_file is None else self._open_npy(self._ignore_file)
 
     def _open_npy(self, path: Path) -> np.ndarray:
-        cached = self._maps.get(path)
+        cached = self._npy.get(path)
         if cached is None:
-            cached = self._maps[path] = np.load(path, mmap_mode="r")
+            cached = self._npy[path] = np.load(path, mmap_mode="r")
         return cached
+
+    @property
+    def _maps(self) -> dict[object, np.ndarray]:
+        """What this process has mapped so far (volume slices and 2-D maps); empty right after unpickling."""
+        return {**self._volume.open_maps, **self._npy}
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -236,68 +222,58 @@ class Fragment:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_maps"] = {}  # maps are reopened lazily in each process
+        state["_npy"] = {}  # maps are reopened lazily in each process (the volume drops its own handles)
         return state
 
     def _file_index(self, z: int) -> int:
         return self.depth - 1 - z if self.reverse_depth else z
 
+    def _file_range(self, z0: int, z1: int) -> range:
+        """The file indices of depth slices ``[z0, z1)``, ascending."""
+        return range(self.depth - z1, self.depth - z0) if self.reverse_depth else range(z0, z1)
+
     def slice_info(self, z: int) -> SliceInfo:
-        """The file behind slice ``z`` (depth order after ``reverse_depth``)."""
-        return self.slices[self._file_index(z)]
+        """The TIFF file behind slice ``z`` (depth order after ``reverse_depth``).
 
-    def _map(self, z: int) -> np.ndarray:
-        index = self._file_index(z)
-        cached = self._maps.get(index)
-        if cached is None:
-            info = self.slices[index]
-            try:
-                cached = tifffile.memmap(info.path, mode="r") if info.mappable else self._cached_copy(info)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"cannot map slice '{info.path}': {err}") from err
-            self._maps[index] = cached
-        return cached
+        Raises:
+            TypeError: the volume is zarr (no file per slice).
+        """
+        if not isinstance(self._volume, TiffVolume):
+            raise TypeError(f"fragment '{self.id}' is stored as zarr ({self._volume.source}): no file per slice")
+        return self._volume.slices[self._file_index(z)]
 
-    def plane(self, z: int) -> np.ndarray:
-        """Slice ``z`` (depth order after ``reverse_depth``) as a read-only ``[H, W]`` memory map."""
+    def source_key(self, z0: int, z1: int) -> str:
+        """The versions of the volume's slices ``[z0, z1)`` and of the mask, for keying caches derived from them."""
+        z0, z1 = max(0, z0), min(self.depth, z1)
+        if isinstance(self._volume, ZarrVolume):
+            key = self._volume.version_key(range(self.depth))  # one digest covers every slice
+        else:
+            # Depth order, one slice at a time: the key TIFF fragments have always had, so their caches stay valid.
+            key = "".join(self._volume.version_key(range(i, i + 1)) for i in map(self._file_index, range(z0, z1)))
+        if self._mask_source is not None:
+            if self._mask_source.suffix == ".zarr":
+                key += f"mask:{source_stamp(self._mask_source)}"
+            else:
+                stat = self._mask_source.stat()
+                key += f"mask:{stat.st_size}:{stat.st_mtime_ns}"
+        return key
+
+    def plane(self, z: int) -> np.ndarray | ZarrPlane:
+        """Slice ``z`` (depth order after ``reverse_depth``): a read-only ``[H, W]`` memory map for TIFF, a lazy
+        2-D view for zarr (slice it, e.g. ``plane(z)[::8, ::8]``, to read pixels)."""
         if not 0 <= z < self.depth:
             raise ValueError(f"slice {z} outside fragment '{self.id}' (0..{self.depth - 1})")
-        return self._map(z)
-
-    def cache_path(self, info: SliceInfo) -> Path:
-        """Where the uncompressed copy of a non-mappable slice lives (name tied to the source's size and mtime)."""
-        stat = info.path.stat()
-        return self.cache_dir / f"{info.path.stem}.{stat.st_size}-{stat.st_mtime_ns}.npy"
-
-    def _cached_copy(self, info: SliceInfo) -> np.ndarray:
-        target = self.cache_path(info)
-        if not target.exists():
-            self._convert(info, target)
-        return np.load(target, mmap_mode="r")
-
-    def _convert(self, info: SliceInfo, target: Path) -> None:
-        try:
-            data = tifffile.imread(info.path)  # one slice at a time, never the volume
-        except Exception as err:
-            raise ValueError(f"unreadable or truncated TIFF slice '{info.path}': {type(err).__name__}: {err}") from err
-        if data.shape != info.shape:
-            raise ValueError(f"slice '{info.path}' decoded to {data.shape}, header says {info.shape}")
-        save_npy(target, np.asarray(data, dtype=info.dtype), stale=f"{info.path.stem}.*.npy")
+        return self._volume.plane(self._file_index(z))
 
     def prepare_cache(self, z0: int = 0, z1: int | None = None) -> int:
-        """Converts the non-mappable slices of ``[z0, z1)`` in advance; returns how many were converted."""
-        converted = 0
-        for z in range(max(0, z0), min(self.depth, self.depth if z1 is None else z1)):
-            info = self.slice_info(z)
-            if not info.mappable and not self.cache_path(info).exists():
-                self._convert(info, self.cache_path(info))
-                converted += 1
-        return converted
+        """Converts the non-mappable TIFF slices of ``[z0, z1)`` in advance; returns how many were converted."""
+        z0, z1 = max(0, z0), min(self.depth, self.depth if z1 is None else z1)
+        return self._volume.prepare_cache(self._file_range(z0, z1)) if z0 < z1 else 0
 
     def read(
         self, z0: int, z1: int, y: int, x: int, size_y: int, size_x: int, *, channels_last: bool = True
     ) -> np.ndarray:
-        """Copies ``volume[z0:z1, y:y+size_y, x:x+size_x]`` out of the maps; only the window is read.
+        """Copies ``volume[z0:z1, y:y+size_y, x:x+size_x]`` out of the volume; only the window is read.
 
         Returns an ``[size_y, size_x, z1-z0]`` array (albumentations works on ``H x W x C`` images), or with
         ``channels_last=False`` the ``[z1-z0, size_y, size_x]`` array the model takes. Slices are copied into
@@ -310,12 +286,13 @@ class Fragment:
                 f"window y={y}, x={x}, {size_y}x{size_x} outside fragment '{self.id}' ({self.height}x{self.width})"
             )
         out = np.empty((z1 - z0, size_y, size_x), dtype=self.dtype)
-        for i, z in enumerate(range(z0, z1)):
-            out[i] = self._map(z)[y : y + size_y, x : x + size_x]
+        files = self._file_range(z0, z1)
+        # Reversed depth: the files come in ascending order into a reversed view, so each backend reads forward.
+        self._volume.read_into(out[::-1] if self.reverse_depth else out, files.start, y, x)
         return to_channels_last(out) if channels_last else out
 
     def __repr__(self) -> str:
         return (
-            f"Fragment('{self.id}', {self.depth}x{self.height}x{self.width} {self.dtype}, "
+            f"Fragment('{self.id}', {self.depth}x{self.height}x{self.width} {self.dtype} {self.backend}, "
             f"z=[{self.z_start},{self.z_end}), labels={'yes' if self.labels is not None else 'no'})"
         )

@@ -6,21 +6,25 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from datamodules.batch_augment import augment_batch
+from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
 from datamodules.demo_folder import check_demo_folder, has_fragments
 from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
 from datamodules.intensity import check_normalization, intensity_range
+from datamodules.layer_window import AUTO, LayerWindow, check_depth_settings, listed_reversed, open_fragment
 from datamodules.loaders import default_workers, make_loader
 from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler, check_ink_ratio
 from datamodules.synthetic import make_demo_data
 from datamodules.tile_dataset import TileDataset
 from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
 from datamodules.transforms import AugmentConfig, TileTransform
+from modules.band_plan import PredictionLayout
 from utils.checks import check_int
 
 # Checkpoints hold the data module's hyperparameters; Lightning loads them with torch's weights-only unpickler.
@@ -41,7 +45,11 @@ class InkDataModule(pl.LightningDataModule):
         predict_dir: folder of fragments to predict; default ``data_dir``.
         z_start: first slice the model sees. Default 15: see ``datamodules.fragment.DEFAULT_Z_START``.
         z_end: one past the last slice. ``z_end - z_start`` is the model's input depth ``num_slices``.
-        reverse_depth: fragment names stored with reversed depth order.
+        reverse_depth: fragment names stored with reversed depth order, or ``"auto"``: each fragment whose depth
+            profile shows the papyrus at low layer indices is opened reversed (``datamodules/depth_profile.py``).
+        z_window: ``fixed``: every fragment reads ``[z_start, z_end)``; ``auto``: each fragment reads
+            ``z_end - z_start`` layers centred on the papyrus surface found on its depth profile, in the depth
+            order after ``reverse_depth`` (segments come with 21, 65 or 109 layers).
         tile_size: tile edge in pixels.
         stride: training window step (windows are also jittered by up to ±stride/2 each epoch).
         eval_stride: step of the overlapping validation/test/predict windows; default ``tile_size // 4``.
@@ -63,6 +71,8 @@ class InkDataModule(pl.LightningDataModule):
         prefetch_factor: batches each worker prepares ahead.
         augment: training augmentation settings.
         cache_dir: where compressed or tiled slices are converted to; default ``<fragment>/.ink_cache``.
+        chunk_cache_mb: MiB of decoded zarr chunks each process (main, every worker) keeps, least recently used
+            evicted; unused for TIFF fragments.
         normalization: ``fragment``: each fragment's ``intensity_percentiles`` inside the mask and slice window
             map to 0 and 1 (computed once, cached; scans differ in brightness); ``dtype``: divide by 65535 / 255.
         intensity_percentiles: the low and high percentiles of ``fragment`` normalisation.
@@ -84,7 +94,8 @@ class InkDataModule(pl.LightningDataModule):
         predict_dir: str | None = None,
         z_start: int = DEFAULT_Z_START,
         z_end: int = DEFAULT_Z_END,
-        reverse_depth: list[str] | None = None,
+        reverse_depth: list[str] | str | None = None,
+        z_window: str = "fixed",
         tile_size: int = 256,
         stride: int | None = None,
         eval_stride: int | None = None,
@@ -104,6 +115,7 @@ class InkDataModule(pl.LightningDataModule):
         prefetch_factor: int = 2,
         augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - a frozen default, copied below
         cache_dir: str | None = None,
+        chunk_cache_mb: int = DEFAULT_CHUNK_CACHE_MB,
         normalization: str = "fragment",
         intensity_percentiles: tuple[float, float] = (0.5, 99.5),
         demo: bool = False,
@@ -116,6 +128,7 @@ class InkDataModule(pl.LightningDataModule):
         _check_positive(tile_size=tile_size, batch_size=batch_size, samples_per_epoch=samples_per_epoch)
         if z_start < 0 or z_end <= z_start:
             raise ValueError(f"z_start={z_start}, z_end={z_end}: need 0 <= z_start < z_end")
+        check_depth_settings(z_window, reverse_depth)
         if not 0.0 <= min_valid_fraction <= 1.0:
             raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
         check_ink_ratio(ink_ratio)
@@ -132,6 +145,8 @@ class InkDataModule(pl.LightningDataModule):
         self._fragments: list[Fragment] = []
         self._splits: dict[str, TileSet] = {}
         self._predict: list[Fragment] = []
+        self._windows: dict[Path, LayerWindow] = {}  # per fragment folder, so each depth profile is read once
+        self._predict_selection: np.ndarray | None = None  # this rank's prediction tiles, when a writer plans them
 
     @property
     def num_slices(self) -> int:
@@ -181,18 +196,21 @@ class InkDataModule(pl.LightningDataModule):
             if missing:
                 raise ValueError(f"fragment(s) {missing} not found in '{folder}'; found {sorted(available)}")
             paths = [available[n] for n in names]
-        reversed_names = set(hp.reverse_depth or ())
+        reversed_names = listed_reversed(hp.reverse_depth)
         unknown = reversed_names - {p.name for p in paths}
         if unknown and check_reverse:
             raise ValueError(f"reverse_depth names unknown fragment(s) {sorted(unknown)} in '{folder}'")
         fragments = [
-            Fragment(
+            open_fragment(
                 p,
                 z_start=hp.z_start,
                 z_end=hp.z_end,
-                reverse_depth=p.name in reversed_names,
+                z_window=hp.z_window,
+                reverse_depth=AUTO if hp.reverse_depth == AUTO else p.name in reversed_names,
                 cache_dir=hp.cache_dir,
+                chunk_cache_mb=hp.chunk_cache_mb,
                 require_labels=require_labels,
+                memo=self._windows,
             )
             for p in paths
         ]
@@ -205,7 +223,7 @@ class InkDataModule(pl.LightningDataModule):
             if hp.normalization == "fragment":
                 margin = self._depth_margin
                 fragment.intensity = intensity_range(
-                    fragment, hp.z_start - margin, hp.z_end + margin, *hp.intensity_percentiles
+                    fragment, fragment.z_start - margin, fragment.z_end + margin, *hp.intensity_percentiles
                 )
         return fragments
 
@@ -217,6 +235,7 @@ class InkDataModule(pl.LightningDataModule):
             fragments = self._open(folder, require_labels=False, names=hp.predict_fragments)
             whole = [Region(i, 0, ((0, f.height),)) for i, f in enumerate(fragments)]
             self._predict = fragments
+            self._predict_selection = None
             self._set_split("predict", fragments, whole, training=False)
             return
         if not self._fragments:
@@ -308,6 +327,25 @@ class InkDataModule(pl.LightningDataModule):
             boxes[frag.id] = (y0, x0, y1, x1)
         return boxes
 
+    def prediction_layout(self) -> PredictionLayout:
+        """The segments, tiles and sources of the predict stage (after ``setup("predict")``), for the writer."""
+        fragments, tiles = self.fragments("predict"), self.tiles("predict")
+        sources = [
+            {"path": str(f.path.resolve()), "z": [f.z_start, f.z_end], "reverse_depth": f.reverse_depth}
+            for f in fragments
+        ]
+        shapes = [(f.height, f.width) for f in fragments]
+        return PredictionLayout([f.id for f in fragments], shapes, tiles.windows, self.hparams.tile_size, sources)
+
+    def select_predict_tiles(self, indices: Sequence[int] | np.ndarray | None) -> None:
+        """Makes this process's predict loader yield exactly these tiles, in this order (None: an even share)."""
+        if indices is not None:
+            indices = np.asarray(indices, dtype=np.int64)
+            total = len(self.tiles("predict"))
+            if len(indices) and (indices.min() < 0 or indices.max() >= total):
+                raise ValueError(f"select_predict_tiles: indices outside the {total} prediction tiles")
+        self._predict_selection = indices
+
     # ----------------------------------------------------------------------------------------- loaders
 
     def _rank(self) -> tuple[int, int]:
@@ -363,7 +401,8 @@ class InkDataModule(pl.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split, training=False)
         world, rank = self._rank()
-        sampler = ShardedEvalSampler(dataset, num_replicas=world, rank=rank)
+        chosen = self._predict_selection if split == "predict" else None
+        sampler = ShardedEvalSampler(dataset, num_replicas=world, rank=rank, indices=chosen)
         return self._loader(dataset, sampler, self.hparams.eval_batch_size or self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:

@@ -73,14 +73,7 @@ def intensity_range(fragment: Fragment, z0: int, z1: int, low: float = 0.5, high
 
 def _cache_key(fragment: Fragment, z0: int, z1: int, low: float, high: float) -> str:
     digest = hashlib.sha1(f"{z0}:{z1}:{low}:{high}:{fragment.reverse_depth}".encode())
-    for z in range(z0, z1):
-        info = fragment.slice_info(z)
-        stat = info.path.stat()
-        digest.update(f"{info.path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    mask_file = fragment.path / "mask.png"
-    if mask_file.is_file():
-        stat = mask_file.stat()
-        digest.update(f"mask:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(fragment.source_key(z0, z1).encode())  # slices' and mask's versions, TIFF or zarr
     return digest.hexdigest()[:16]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from datamodules.fragment import SLICE_DIRS
+from datamodules.fragment import volume_candidates
 from datamodules.synthetic_generator import (
     FAINT_INK_CONTRAST,
     FAINT_REALISM,
@@ -27,6 +27,7 @@ from datamodules.synthetic_generator import (
     SyntheticVolume,
     check_volume_args,
 )
+from datamodules.zarr_writer import ZARR_FORMATS, write_zarr_volume
 from utils.atomic import TMP_SUFFIX, atomic_path
 from utils.checks import check_int
 from utils.png import write_png
@@ -35,6 +36,7 @@ from utils.png import write_png
 __all__ = ["FAINT_INK_CONTRAST", "FAINT_REALISM", "Realism", "make_demo_data", "make_fragment", "slice_name"]
 
 _COMPRESSIONS = (None, "lzw", "zlib")
+VOLUME_FORMATS = ("tiff", "zarr", "ome-zarr")
 _TILE = (64, 64)
 _PNG_NAMES = ("ir.png", "inklabels.png", "mask.png")  # written in this order, after the slices
 _TEMP_SUFFIXES = (TMP_SUFFIX, ".partial")  # .partial: the temporary names of earlier versions of this writer
@@ -62,6 +64,9 @@ def make_fragment(
     surface_z: float | None = None,
     ink_contrast: float = INK_CONTRAST,
     realism: Realism | None = None,
+    volume_format: str = "tiff",
+    zarr_format: int = 3,
+    chunks: tuple[int, int, int] | None = None,
 ) -> Path:
     """Writes one synthetic fragment folder at ``root`` (``root`` IS the fragment folder) and returns it.
 
@@ -88,32 +93,51 @@ def make_fragment(
             to the per-pixel noise; the demo uses more so a CPU run learns within minutes).
         realism: patchy ink, loose labels, varying sheet thickness, ink that displaces the surface (see
             `Realism`); None: none of these (clean strokes, exact labels, a sheet of constant thickness).
+        volume_format: ``"tiff"`` (numbered slices), ``"zarr"`` (``<layers_dirname>.zarr``, an array) or
+            ``"ome-zarr"`` (the same name, an OME-Zarr group whose level 0 is the array). Zarr volumes are
+            written one chunk-depth slab at a time and renamed into place when complete.
+        zarr_format: 2 or 3 (zarr formats only).
+        chunks: zarr chunk shape ``(z, y, x)``; default ``(8, 128, 128)`` (see `datamodules.zarr_writer`).
 
     Returns:
         The fragment folder.
 
     Raises:
-        ValueError: a size, seed, dtype, compression, folder name or surface depth is invalid, or ``root``
-            already holds the other kind of slice folder.
+        ValueError: a size, seed, dtype, compression, format, folder name or surface depth is invalid, or
+            ``root`` already holds another volume (another slice folder, a ``.zarr`` or a ``.url``).
     """
     check_volume_args(height, width, depth, seed, dtype, surface_z, ink_contrast)
     if compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
     if not layers_dirname or Path(layers_dirname).name != layers_dirname or layers_dirname in (".", ".."):
         raise ValueError(f"layers_dirname must be a plain folder name, got {layers_dirname!r}")
+    if volume_format not in VOLUME_FORMATS:
+        raise ValueError(f"volume_format must be one of {VOLUME_FORMATS}, got {volume_format!r}")
+    zarr = volume_format != "tiff"
+    if zarr and (compression is not None or tiled):
+        raise ValueError("compression and tiled apply to TIFF slices; zarr volumes use zarr's default codec")
+    if zarr and zarr_format not in ZARR_FORMATS:
+        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     root = Path(root)
-    volume_dir = root / layers_dirname
-    for other in SLICE_DIRS:
-        if other != layers_dirname and (root / other).is_dir():
-            raise ValueError(
-                f"'{root}' already holds a {other}/ slice folder; writing {layers_dirname}/ beside it would leave "
-                "two volumes in one fragment: use an empty folder"
-            )
-    volume_dir.mkdir(parents=True, exist_ok=True)
+    volume_dir = root / (f"{layers_dirname}.zarr" if zarr else layers_dirname)
+    if root.is_dir():
+        for other in volume_candidates(root):
+            if other != volume_dir:
+                held = (
+                    f"a {other.name}/ slice folder"
+                    if other.is_dir() and not other.suffix
+                    else f"the volume {other.name}"
+                )
+                raise ValueError(
+                    f"'{root}' already holds {held}; writing {volume_dir.name} beside it would leave two volumes in "
+                    "one fragment: use an empty folder"
+                )
+    (root if zarr else volume_dir).mkdir(parents=True, exist_ok=True)
     # The PNGs go first and come back last, so a folder holding mask.png never mixes old and new slices.
     for name in _PNG_NAMES:
         (root / name).unlink(missing_ok=True)
-    _remove_stale(volume_dir, depth)
+    if not zarr:
+        _remove_stale(volume_dir, depth)
 
     volume = SyntheticVolume(
         height,
@@ -127,9 +151,17 @@ def make_fragment(
         realism=realism,
     )
     slice_buf = np.empty((height, width), dtype=dtype)
-    for file_index in range(depth):
-        z = depth - 1 - file_index if reverse_depth else file_index
-        _write_tiff(volume_dir / slice_name(file_index, depth), volume.render_slice(z, slice_buf), compression, tiled)
+    depths = [depth - 1 - i if reverse_depth else i for i in range(depth)]  # in file order
+    if zarr:
+        planes = (volume.render_slice(z, slice_buf) for z in depths)
+        ome = volume_format == "ome-zarr"
+        write_zarr_volume(
+            volume_dir, planes, (depth, height, width), dtype, chunks=chunks, zarr_format=zarr_format, ome=ome
+        )
+    else:
+        for file_index, z in enumerate(depths):
+            image = volume.render_slice(z, slice_buf)
+            _write_tiff(volume_dir / slice_name(file_index, depth), image, compression, tiled)
     del slice_buf
 
     write_png(root / "ir.png", volume.infrared())

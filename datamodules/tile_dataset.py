@@ -78,12 +78,13 @@ class TileDataset(Dataset):
         else:
             label = np.zeros((size, size), dtype=np.float32)
         transform = self.transform
-        if transform.augment:  # albumentations works on [H, W, C]: read with the margin, change layout around it
-            image = fragment.read(z0, z1, y, x, size, size)
+        # The depth shift is drawn first, so only the window's slices are read.
+        start = z0 + transform.depth_offset(z1 - z0, rng)
+        if transform.augment:  # albumentations works on [H, W, C]: change layout around it
+            image = fragment.read(start, start + transform.num_slices, y, x, size, size)
             image, label, valid = transform(image, label, valid, rng, fragment.intensity)
             image = to_channels_first(image)
-        else:  # only the window's slices, read straight into the model's [D, H, W]
-            start = z0 + transform.depth_offset(z1 - z0, rng)
+        else:  # read straight into the model's [D, H, W]
             image = fragment.read(start, start + transform.num_slices, y, x, size, size, channels_last=False)
             image = normalise(image, fragment.intensity)
         item: dict[str, object] = {

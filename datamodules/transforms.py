@@ -3,12 +3,13 @@
 Order of operations in training (each step is skipped when its probability is 0):
 
 1. depth window: a random offset into the ``C - D`` margin slices the Dataset read around the nominal window;
-2. normalisation to float32 ``[0, 1]`` (only the ``D`` chosen slices are converted);
-3. albumentations, seeded from the caller's ``rng`` (its transforms applied to all slices at once,
-   `datamodules.cpu_transforms`):
-   geometric (flips, RandomRotate90, Affine) on image, label and valid together, then photometric
+2. flips and rotations by 90° of image, label and valid, as views (numpy, drawn from the caller's ``rng`` with
+   albumentations' probabilities);
+3. normalisation to float32 ``[0, 1]``: only the ``D`` chosen slices, gathered from the views in one pass;
+4. albumentations, seeded from the caller's ``rng`` (its transforms applied to all slices at once,
+   `datamodules.cpu_transforms`): Affine on image, label and valid together, then photometric
    (brightness/contrast, blur, noise, coarse dropout) on the image only;
-4. slice dropout (whole slices set to 0), then depth reversal.
+5. slice dropout (whole slices set to 0), then depth reversal.
 
 Decisions worth knowing:
 
@@ -42,10 +43,7 @@ from datamodules.cpu_transforms import (  # noqa: E402
     FastBrightnessContrast,
     FastGaussianBlur,
     FastGaussNoise,
-    FastHorizontalFlip,
     FastMotionBlur,
-    FastRandomRotate90,
-    FastVerticalFlip,
 )
 from utils.checks import check_int, check_range  # noqa: E402
 
@@ -152,16 +150,21 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.backend={self.backend!r}: must be one of {', '.join(BACKENDS)}")
 
 
-def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -> np.ndarray:
+def normalise(
+    image: np.ndarray, intensity: tuple[float, float] | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Convert raw intensities to float32 in [0, 1].
 
     Args:
-        image: Array of any shape; uint16 is divided by 65535, uint8 by 255, floats pass through as float32.
+        image: Array of any shape (a strided view is fine); uint16 is divided by 65535, uint8 by 255, floats pass
+            through as float32.
         intensity: ``(lo, hi)`` raw values mapped to 0 and 1 instead (the fragment's robust percentiles, see
             `datamodules.intensity`); values beyond are clipped.
+        out: A float32 array of the image's shape to write into (a flipped or rotated view is then gathered into
+            a C-contiguous tile in the same pass).
 
     Returns:
-        float32 array of the same shape (a new array unless the input already was float32).
+        float32 array of the same shape (``out`` when given; else a new array unless the input was float32).
 
     Raises:
         TypeError: For any other dtype, naming it.
@@ -169,26 +172,25 @@ def normalise(image: np.ndarray, intensity: tuple[float, float] | None = None) -
     if intensity is not None:
         lo, hi = intensity
         scale = 1.0 / (hi - lo)
-        out = np.multiply(image, np.float32(scale), dtype=np.float32)  # converts and scales in one pass
+        out = np.multiply(image, np.float32(scale), out=out, dtype=np.float32)  # converts and scales in one pass
         out += np.float32(-lo * scale)
         return np.clip(out, 0.0, 1.0, out=out)
     # Division (not multiplication by a reciprocal) keeps the result exactly source / 65535 rounded once.
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / np.float32(65535.0)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / np.float32(255.0)
+    if image.dtype in (np.uint16, np.uint8):
+        peak = np.float32(65535.0 if image.dtype == np.uint16 else 255.0)
+        return np.divide(image, peak, out=out, dtype=np.float32)
     if np.issubdtype(image.dtype, np.floating):
+        if out is not None:
+            out[...] = image
+            return out
         return image.astype(np.float32, copy=False)
     raise TypeError(f"normalise: unsupported image dtype {image.dtype}; expected uint16, uint8 or a float type")
 
 
 def _build_pipeline(config: AugmentConfig) -> A.Compose:
     """Albumentations part of the training pipeline; transforms with probability 0 are left out."""
+    # Flips and rotations by 90° are not here: `TileTransform` applies them as views before normalising (free).
     geometric: list[A.BasicTransform] = []
-    if config.flip_p > 0:
-        geometric += [FastHorizontalFlip(p=config.flip_p), FastVerticalFlip(p=config.flip_p)]
-    if config.rotate90_p > 0:
-        geometric.append(FastRandomRotate90(p=config.rotate90_p))
     if config.shift_scale_rotate_p > 0:
         geometric.append(
             FastAffine(
@@ -339,6 +341,27 @@ class TileTransform:
         assert self.config is not None and self._pipeline is not None
         return self._augment(image, label, valid, rng, intensity)
 
+    def _flip_rotate(
+        self, image: np.ndarray, label: np.ndarray, valid: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Horizontal flip, vertical flip (each with ``flip_p``), then ``rotate90_p`` a rotation by k × 90°, k
+        uniform in 0..3 (albumentations' HorizontalFlip, VerticalFlip, RandomRotate90), as views of the inputs.
+
+        As views they cost nothing: the pixels move once, when the tile is normalised. Run by albumentations, each
+        would copy the whole tile (its outputs are made contiguous after every transform).
+        """
+        config = self.config
+        assert config is not None
+        arrays = [image, label, valid]
+        if config.flip_p > 0 and rng.random() < config.flip_p:
+            arrays = [a[:, ::-1] for a in arrays]
+        if config.flip_p > 0 and rng.random() < config.flip_p:
+            arrays = [a[::-1] for a in arrays]
+        if config.rotate90_p > 0 and rng.random() < config.rotate90_p:
+            k = int(rng.integers(0, 4))
+            arrays = [np.rot90(a, k) for a in arrays]
+        return arrays[0], arrays[1], arrays[2]
+
     def _augment(
         self,
         image: np.ndarray,
@@ -354,10 +377,9 @@ class TileTransform:
                 f"TileTransform: AugmentConfig.rotate90_p > 0 needs square tiles, got H, W = {image.shape[:2]}"
             )
         offset = self.depth_offset(image.shape[2], rng)
-        window = np.ascontiguousarray(normalise(image[:, :, offset : offset + self.num_slices], intensity))
-        if np.may_share_memory(window, image):
-            # float32 input with no margin comes back as the caller's array; slice dropout writes in place.
-            window = window.copy()
+        raw, label, valid = self._flip_rotate(image[:, :, offset : offset + self.num_slices], label, valid, rng)
+        # One pass: the flipped/rotated view is gathered, converted and scaled into a new contiguous tile.
+        window = normalise(raw, intensity, out=np.empty(raw.shape, dtype=np.float32))
 
         # Albumentations draws from the caller's generator directly (plus a python Random reseeded from it):
         # cheaper than set_random_seed, which builds two fresh generators for every transform on every call.
@@ -365,8 +387,8 @@ class TileTransform:
         self._pipeline.set_random_state(rng, self._py_random)
         out = self._pipeline(
             image=window,
-            mask=np.asarray(label, dtype=np.float32),
-            valid=np.asarray(valid, dtype=np.float32),
+            mask=np.ascontiguousarray(label, dtype=np.float32),
+            valid=np.ascontiguousarray(valid, dtype=np.float32),
         )
         image_out, label_out, valid_out = out["image"], out["mask"], out["valid"]
 

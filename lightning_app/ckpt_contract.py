@@ -30,6 +30,7 @@ from utils.checkpoints import load_checkpoint
 INPUT_KEYS = (
     "z_start",
     "z_end",
+    "z_window",
     "reverse_depth",
     "tile_size",
     "eval_stride",

@@ -2,7 +2,8 @@
 
 Data part (``--data``):
   * peak anonymous memory (``RssAnon``, sampled while iterating) of the streaming training loader on a small and
-    a large synthetic fragment: the ratio large/small shows whether memory stays flat as fragments grow;
+    a large synthetic fragment: the ratio large/small shows whether memory stays flat as fragments grow; the same
+    for the same fragments converted to zarr (v3, default chunks), where the chunk cache adds at most its limit;
   * the peers' way (the slice range read into one array first) on the same fragments: memory and time to the
     first batch, side by side;
   * tiles per second of the training loader with augmentation, with 0 and 2 workers.
@@ -74,6 +75,32 @@ def ensure_fragment(work: Path, size: int, depth: int) -> Path:
         started = time.perf_counter()
         make_demo_data(folder, num_fragments=1, height=size, width=size, depth=depth, seed=size)
         print(f"  made {size}x{size}x{depth} fragment in {time.perf_counter() - started:.1f} s", flush=True)
+    return folder
+
+
+def ensure_zarr_fragment(tiff_dir: Path) -> Path:
+    """The fragments of ``tiff_dir`` converted to zarr v3 (made once, slice by slice, then reused), PNGs copied."""
+    import shutil
+
+    import tifffile
+
+    from datamodules.fragment import discover_fragments, find_volume_dir, list_slices
+    from datamodules.zarr_writer import write_zarr_volume
+
+    folder = tiff_dir.with_name(f"{tiff_dir.name}_zarr")
+    for source in discover_fragments(tiff_dir):
+        target = folder / source.name
+        if (target / "inklabels.png").exists():
+            continue
+        started = time.perf_counter()
+        target.mkdir(parents=True, exist_ok=True)
+        slices = list_slices(find_volume_dir(source))
+        first = tifffile.memmap(slices[0], mode="r")
+        planes = (tifffile.memmap(path, mode="r") for path in slices)
+        write_zarr_volume(target / "surface_volume.zarr", planes, (len(slices), *first.shape), first.dtype)
+        for png in sorted(source.glob("*.png"), key=lambda p: p.name == "inklabels.png"):  # labels last: complete
+            shutil.copy2(png, target / png.name)
+        print(f"  converted {source.name} to zarr in {time.perf_counter() - started:.1f} s", flush=True)
     return folder
 
 
@@ -174,6 +201,8 @@ def data_benchmark(args: argparse.Namespace) -> dict:
     for name, folder in (("small", small), ("large", large)):
         results[f"stream_{name}"] = run_child("stream", data_dir=folder, workers=0, augment=False, **common)
         results[f"in_ram_{name}"] = run_child("in_ram", data_dir=folder, **common)
+        zarr_folder = ensure_zarr_fragment(folder)
+        results[f"zarr_{name}"] = run_child("stream", data_dir=zarr_folder, workers=0, augment=False, **common)
     for workers in (0, 2):
         results[f"augmented_{workers}_workers"] = run_child(
             "stream", data_dir=small, workers=workers, augment=True, **common
@@ -189,9 +218,13 @@ def data_benchmark(args: argparse.Namespace) -> dict:
     print("(both ways run after the same imports; 'added' is the peak above the process's RssAnon before loading)")
     print(f"{'loader':<28}{'fragment':>10}{'peak RssAnon MiB':>18}{'added MiB':>11}{'first batch s':>15}")
     for name in ("small", "large"):
-        for kind in ("stream", "in_ram"):
+        for kind in ("stream", "zarr", "in_ram"):
             row = results[f"{kind}_{name}"]
-            label = "streaming (ours)" if kind == "stream" else "slice range in RAM (peers)"
+            label = {
+                "stream": "streaming (ours)",
+                "zarr": "streaming zarr (ours)",
+                "in_ram": "slice range in RAM (peers)",
+            }[kind]
             size = args.small if name == "small" else args.large
             print(
                 f"{label:<28}{f'{size}^2':>10}{row['peak_rss_anon_mib']:>18.0f}{row['added_mib']:>11.0f}"
@@ -199,6 +232,11 @@ def data_benchmark(args: argparse.Namespace) -> dict:
             )
     print(f"peak memory large/small, streaming: {ratio('stream_large', 'stream_small'):.2f} (target <= 1.2)")
     print(f"peak memory large/small, in RAM:    {ratio('in_ram_large', 'in_ram_small'):.2f}")
+    added = results["zarr_large"]["added_mib"] - results["zarr_small"]["added_mib"]
+    print(
+        f"peak memory large/small, zarr:      {ratio('zarr_large', 'zarr_small'):.2f} (large adds {added:.0f} MiB; "
+        "bounded by the chunk cache, 256 MiB by default, not by the fragment)"
+    )
     print(
         f"in RAM / streaming on the large fragment: memory {ratio('in_ram_large', 'stream_large'):.1f}x, "
         f"time to first batch {ratio('in_ram_large', 'stream_large', 'first_batch_s'):.1f}x"

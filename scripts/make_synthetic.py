@@ -3,6 +3,7 @@
 Examples:
     python scripts/make_synthetic.py --out data/demo --num-fragments 2
     python scripts/make_synthetic.py --out data/big --height 8192 --width 8192 --depth 30 --compression lzw
+    python scripts/make_synthetic.py --out data/zarr --format ome-zarr --zarr-format 2 --chunks 8,128,128
 """
 
 from __future__ import annotations
@@ -14,7 +15,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.synthetic import FAINT_INK_CONTRAST, FAINT_REALISM, make_demo_data, make_fragment  # noqa: E402
+from datamodules.synthetic import (  # noqa: E402
+    FAINT_INK_CONTRAST,
+    FAINT_REALISM,
+    VOLUME_FORMATS,
+    make_demo_data,
+    make_fragment,
+)
+
+
+def _chunks(text: str) -> tuple[int, int, int]:
+    """Parses ``Z,Y,X`` into three positive ints."""
+    try:
+        chunks = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        chunks = ()
+    if len(chunks) != 3 or min(chunks) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers Z,Y,X, got {text!r}")
+    return chunks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
             "Write synthetic papyrus fragments: <out>/frag1 … <out>/fragN, each with <layers-dirname>/00.tif … "
-            "(one uint16 or uint8 TIFF per depth slice), mask.png, inklabels.png and ir.png. The ink is faint and "
+            "(one uint16 or uint8 TIFF per depth slice) or <layers-dirname>.zarr (--format zarr/ome-zarr), "
+            "mask.png, inklabels.png and ir.png. The ink is faint and "
             "follows a wobbling surface, so finding it takes a model, not a threshold. The same seed always "
             "gives the same bytes. With the default format options, fragments that already exist complete are "
             "left alone."
@@ -40,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression", choices=("none", "lzw", "zlib"), default="none", help="TIFF compression of the slices"
     )
     parser.add_argument("--tiled", action="store_true", help="write 64x64-tiled TIFFs instead of strips")
+    parser.add_argument(
+        "--format",
+        choices=VOLUME_FORMATS,
+        default="tiff",
+        help="volume storage: numbered TIFF slices, a zarr array, or an OME-Zarr group (level 0 = the array)",
+    )
+    parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr version (zarr formats)")
+    parser.add_argument(
+        "--chunks",
+        type=_chunks,
+        default=None,
+        help="zarr chunk shape Z,Y,X (default 8,128,128: see datamodules/zarr_writer.py; the writer holds Z slices)",
+    )
     parser.add_argument(
         "--reverse-depth", action="store_true", help="store the slices in reversed depth order (00.tif deepest)"
     )
@@ -70,7 +102,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         and not args.reverse_depth
         and args.layers_dirname == "surface_volume"
         and not args.no_labels
+        and args.format == "tiff"
     )
+    if args.format == "tiff" and args.chunks is not None:
+        raise SystemExit("make_synthetic: --chunks applies to --format zarr or ome-zarr")
     extra = {"ink_contrast": FAINT_INK_CONTRAST, "realism": FAINT_REALISM} if args.faint else {}
     start = time.perf_counter()
     try:
@@ -98,6 +133,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     tiled=args.tiled,
                     reverse_depth=args.reverse_depth,
                     with_labels=not args.no_labels,
+                    volume_format=args.format,
+                    zarr_format=args.zarr_format,
+                    chunks=args.chunks,
                     **extra,
                 )
                 for i in range(1, args.num_fragments + 1)

@@ -29,9 +29,6 @@ def _inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 PAIRS = [
-    (A.HorizontalFlip, fast.FastHorizontalFlip, {}),
-    (A.VerticalFlip, fast.FastVerticalFlip, {}),
-    (A.RandomRotate90, fast.FastRandomRotate90, {}),
     (
         A.Affine,
         fast.FastAffine,

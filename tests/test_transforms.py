@@ -456,3 +456,47 @@ def test_building_the_pipeline_warns_about_nothing(blur_limit: int) -> None:
     config = AugmentConfig(blur_limit=blur_limit, **{name: 1.0 for name in ("blur_p", "noise_p", "coarse_dropout_p")})
     out, _, _ = run(config, slice_index_image(8), 0, 6)
     assert out.shape == (SIZE, SIZE, 6)
+
+
+def test_flips_and_rotations_cover_the_eight_views_as_often_as_albumentations_draws_them() -> None:
+    """Flips and rot90 are applied as views before normalising: each output is one of the 8 views of the input,
+    image, label and valid moved together, with the frequencies of HorizontalFlip, VerticalFlip, RandomRotate90."""
+    label = pattern(5)
+    image = np.repeat(label[:, :, None].astype(np.uint16) * 1000 + 7, 4, axis=2)
+    valid = np.ones_like(label, dtype=np.float32)
+    valid[:5] = 0
+    views = {}
+    for flip in (False, True):
+        base = label[:, ::-1] if flip else label
+        for k in range(4):
+            views[np.rot90(base, k).tobytes()] = (flip, k)
+    transform = TileTransform(only(flip_p=0.5, rotate90_p=0.5), 4, train=True)
+    counts: dict[tuple[bool, int], int] = {}
+    rotated = 0
+    for seed in range(800):
+        out_image, out_label, out_valid = transform(image, label.astype(np.float32), valid, np.random.default_rng(seed))
+        key = out_label.astype(bool).tobytes()
+        assert key in views
+        assert np.array_equal(out_image[:, :, 0] > 0.01, out_label > 0)
+        assert out_image.flags.c_contiguous and out_valid.sum() == valid.sum()
+        counts[views[key]] = counts.get(views[key], 0) + 1
+        rotated += views[key][1] != 0
+    assert len(counts) == 8
+    # Two flips make a rotation by 180°, so the share of rotated views is enumerated from the three draws.
+    assert abs(rotated / 800 - (1 - views_without_rotation())) < 0.06
+
+
+def views_without_rotation() -> float:
+    """Share of draws whose net view is an identity or a single flip (no rotation), by enumeration."""
+    label = pattern(5)
+    identity_or_flip = {label.tobytes(), label[:, ::-1].tobytes()}
+    total = 0.0
+    for h in (0, 1):
+        for v in (0, 1):
+            for r in range(5):  # r == 4: no rotation drawn
+                p = 0.5 * 0.5 * (0.5 if r == 4 else 0.5 / 4)
+                out = label[:, ::-1] if h else label
+                out = out[::-1] if v else out
+                out = out if r == 4 else np.rot90(out, r)
+                total += p * (out.tobytes() in identity_or_flip)
+    return total
