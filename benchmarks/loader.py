@@ -27,18 +27,6 @@ from benchmarks.baseline_data import build_augmentation, load_fragment, make_bat
 __all__ = ["loader_rates"]
 
 
-def _rate(step: Callable[[int], int], warmup: int, count: int) -> float:
-    """Tiles per second of ``step(i)`` (which returns how many tiles it made) after ``warmup`` calls."""
-    for i in range(warmup):
-        step(i)
-    made, started = 0, time.perf_counter()
-    i = warmup
-    while made < count:
-        made += step(i)
-        i += 1
-    return made / (time.perf_counter() - started)
-
-
 def _dataset(data_dir: Path, z_start: int, z_end: int, tile: int, backend: str):
     from datamodules.ink_datamodule import InkDataModule
     from datamodules.transforms import AugmentConfig
@@ -73,17 +61,16 @@ def loader_rates(
     cv2.setNumThreads(1)
     torch.manual_seed(0)
     warmup = max(8, tiles // 10)
-    rates: dict[str, float] = {}
+    steps: dict[str, Callable[[int], int]] = {}
     for backend, name in (("albumentations", "project, albumentations"), ("torch", "project, read + normalise")):
         dataset = _dataset(data_dir, z_start, z_end, tile, backend)
-        rng = np.random.default_rng(0)
-        order = rng.integers(0, len(dataset), warmup + tiles)
+        order = np.random.default_rng(0).integers(0, len(dataset), 4 * (warmup + tiles))
 
         def item(i: int, dataset=dataset, order=order) -> int:
-            dataset[int(order[i])]
+            dataset[int(order[i % len(order)])]
             return 1
 
-        rates[name] = _rate(item, warmup, tiles)
+        steps[name] = item
 
     from datamodules.batch_augment import augment_batch
     from datamodules.transforms import AugmentConfig
@@ -97,7 +84,7 @@ def loader_rates(
         augment_batch(image, label, valid, config)
         return batch
 
-    rates["project, torch batch augmentation (this CPU)"] = _rate(batch_augment, 2, max(batch, tiles // 2))
+    steps["project, torch batch augmentation (this CPU)"] = batch_augment
 
     frag = load_fragment(fragment_dir, z_start, z_end)
     windows = _peer_windows(frag.shape, tile, seed=0)
@@ -108,8 +95,32 @@ def loader_rates(
         make_batch([frag], windows, picks, tile, aug)
         return batch
 
-    rates["peers, in RAM"] = _rate(peers, max(1, warmup // batch), tiles)
-    return rates
+    steps["peers, in RAM"] = peers
+    return _interleaved_rates(steps, warmup, tiles)
+
+
+def _interleaved_rates(
+    steps: dict[str, Callable[[int], int]], warmup: int, tiles: int, rounds: int = 4
+) -> dict[str, float]:
+    """Tiles per second of each way, timed in ``rounds`` alternating blocks (the machine's speed drifts; ways
+    timed one after the other would see different machines); the slow torch-on-CPU way gets fewer tiles."""
+    made = dict.fromkeys(steps, 0)
+    spent = dict.fromkeys(steps, 0.0)
+    calls = dict.fromkeys(steps, 0)
+    for name, step in steps.items():
+        for _ in range(max(1, warmup // 8)):
+            calls[name] += 1
+            step(calls[name])
+    for _ in range(rounds):
+        for name, step in steps.items():
+            quota = tiles // rounds // (8 if "torch batch" in name else 1)
+            count, started = 0, time.perf_counter()
+            while count < max(1, quota):
+                calls[name] += 1
+                count += step(calls[name])
+            spent[name] += time.perf_counter() - started
+            made[name] += count
+    return {name: made[name] / spent[name] for name in steps}
 
 
 def _peer_windows(shape: tuple[int, int], tile: int, seed: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from modules.windows import window_weights
 from utils.atomic import ensure_writable_dir
 from utils.band_store import BandStore
 from utils.checks import check_filename_part, check_int, check_threshold
+from utils.memory import release_free_heap
 from utils.prediction_formats import FORMATS, FragmentOutput, PredictionBand, write_submission_csv
 
 DEFAULT_FORMATS = ("tiff", "png", "rle")
@@ -153,6 +154,7 @@ class InkPredictionWriter(pl.Callback):
         prob = _numpy(outputs["prob"])[:, 0]
         valid = _numpy(outputs["valid"])[:, 0]
         self._stitcher.add(list(outputs["fragment"]), _numpy(outputs["yx"]).astype(np.int64), prob, valid)
+        release_free_heap()  # freed batch buffers back to the OS: resident memory stays at what is in use
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Writes the last bands; then rank zero writes every complete segment's outputs and removes its bands."""

@@ -115,6 +115,24 @@ def _read_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     return array
 
 
+def _open_png(path: Path, shape: tuple[int, int], what: str) -> Image.Image:
+    """A map PNG decoded by Pillow (kept as Pillow's own buffer) after its size is checked."""
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
+    try:
+        img = Image.open(path)
+        _check_shape((img.height, img.width), shape, path, what)
+        img.load()  # Pillow closes a single-frame file it opened once decoded
+        return img
+    except ValueError as err:
+        if str(err).startswith(f"{what} '"):
+            raise
+        raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
+    except Exception as err:
+        raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def _check_shape(found: tuple[int, ...], shape: tuple[int, int], path: Path, what: str) -> None:
     if tuple(found) != tuple(shape):
         raise ValueError(
@@ -139,7 +157,7 @@ class MapReader:
 
     def __init__(self, path: Path, shape: tuple[int, int], what: str) -> None:
         self.path, self.shape, self.what = path, shape, what
-        self._png: np.ndarray | None = None
+        self._png: Image.Image | None = None
         if path.suffix == ".zarr":
             label = f"{what} '{path}'"
             self._zarr = resolve_array(open_node(path, label), label, ndim=2, axes=("y", "x"))
@@ -148,13 +166,16 @@ class MapReader:
             chunk_rows = int(self._zarr.chunks[0])
             self.band_rows = chunk_rows * max(1, _BAND_ROWS // chunk_rows)
         else:
-            self._png = _read_png(path, shape, what)
-            self.band_rows = shape[0]
+            # Pillow decodes a PNG whole (1 byte a pixel for a grey map); rows are then copied out band by band, so
+            # nothing else of the map's size is made (an 8192² mask: 64 MiB, where full-size temporaries took 576 MiB).
+            self._png = _open_png(path, shape, what)
+            self.band_rows = max(16, (1 << 21) // max(1, shape[1]))  # about 2 Mi pixels a band
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as stored (bool or unsigned integers)."""
         if self._png is not None:
-            return self._png[start:stop]
+            band = np.asarray(self._png.crop((0, start, self.shape[1], stop)))
+            return band[..., 0] if band.ndim == 3 else band
         try:
             return np.asarray(self._zarr[start:stop])
         except Exception as err:  # a damaged chunk: name the map rather than zarr's internals

@@ -20,7 +20,7 @@ import tifffile
 
 TILE = 256
 ZARR_CHUNK = 1024
-_BLOCK_ROWS = 1024  # full-resolution rows per block when reducing a level (bounded temporaries)
+_BLOCK_PIXELS = 1 << 20  # pixels per block when reducing a level: a few MiB of float32 temporaries
 
 
 def level_shapes(shape: tuple[int, int], tile: int = TILE) -> list[tuple[int, int]]:
@@ -35,8 +35,9 @@ def level_shapes(shape: tuple[int, int], tile: int = TILE) -> list[tuple[int, in
 def reduce_into(source: Any, target: Any) -> None:
     """Writes the 2 × 2 block mean of ``source`` into ``target`` (``ceil(h / 2) × ceil(w / 2)``), by row blocks."""
     h, w = source.shape
-    for r0 in range(0, h, _BLOCK_ROWS):
-        block = np.asarray(source[r0 : r0 + _BLOCK_ROWS], dtype=np.float32)
+    rows = max(2, _BLOCK_PIXELS // max(1, w) // 2 * 2)  # even, so blocks pair rows
+    for r0 in range(0, h, rows):
+        block = np.asarray(source[r0 : r0 + rows], dtype=np.float32)
         if block.shape[0] % 2:
             block = np.concatenate([block, block[-1:]])
         if w % 2:
