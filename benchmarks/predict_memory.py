@@ -16,11 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from scripts.benchmark import PeakMemory
 
 DEPTH = 28  # the CPU recipe's input depth; the volume holds only these slices
 TILE, STRIDE = 64, 32  # the CPU recipe's tile and evaluation step
@@ -77,13 +78,12 @@ def child(data_dir: str, out_dir: str, workers: int, batch: int) -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
-class TreePeakMemory:
-    """Samples the summed ``RssAnon`` of a process and all its descendants in a thread."""
+class TreePeakMemory(PeakMemory):
+    """`PeakMemory` over a process and all its descendants (loader workers included): their summed ``RssAnon``."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval, self.peak_kib = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
+        self.pid = pid
 
     @staticmethod
     def _children() -> dict[int, list[int]]:
@@ -98,7 +98,7 @@ class TreePeakMemory:
                 tree.setdefault(parent, []).append(int(entry))
         return tree
 
-    def sample(self) -> int:
+    def rss_anon_kib(self) -> int:  # type: ignore[override]
         tree, todo, total = self._children(), [self.pid], 0
         while todo:
             pid = todo.pop()
@@ -108,21 +108,8 @@ class TreePeakMemory:
                     if line.startswith("RssAnon:"):
                         total += int(line.split()[1])
             except OSError:
-                pass
+                pass  # the process ended between listing and reading
         return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, self.sample())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> TreePeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def measure(work: Path, size: int, workers: int = 2, batch: int = 64) -> dict:

@@ -106,6 +106,7 @@ class InkPredictionWriter(pl.Callback):
         for fid in layout.fragment_ids:
             check_filename_part(fid, "fragment id")
         weights = _weights_identity(trainer, pl_module)
+        window = getattr(_eval_config(pl_module), "window", "hann")
         self._segments, self._stores = {}, {}
         for i, fid in enumerate(layout.fragment_ids):
             shape = (int(layout.shapes[i][0]), int(layout.shapes[i][1]))
@@ -117,7 +118,7 @@ class InkPredictionWriter(pl.Callback):
                 "tile_size": layout.tile_size,
                 "tiles": hashlib.sha1(np.ascontiguousarray(mine, dtype=np.int64).tobytes()).hexdigest(),
                 "source": layout.sources[i] if layout.sources else None,
-                "window": getattr(_eval_config(pl_module), "window", "hann"),
+                "window": window,
                 "tta": bool(getattr(_eval_config(pl_module), "tta", False)),
                 "weights": weights,
             }
@@ -130,9 +131,8 @@ class InkPredictionWriter(pl.Callback):
         segments = [self._segments[fid] for fid in layout.fragment_ids]
         plan = plan_rank(segments, layout.windows, layout.tile_size, done, trainer.global_rank, trainer.world_size)
         trainer.datamodule.select_predict_tiles(plan.indices)
-        window = getattr(_eval_config(pl_module), "window", "hann")
-        weights_map = window_weights(layout.tile_size, window).numpy()
-        self._stitcher = BandStitcher(self._segments, plan.bands, weights_map, self._write_band)
+        blend = window_weights(layout.tile_size, window).numpy()
+        self._stitcher = BandStitcher(self._segments, plan.bands, blend, self._write_band)
 
     def on_predict_batch_end(
         self,

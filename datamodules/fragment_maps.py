@@ -101,36 +101,23 @@ def _values(band: np.ndarray) -> set[int]:
 
 
 def _read_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img)
-    except Exception as err:
-        raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    if array.ndim == 3:
-        array = array[..., 0]
-    _check_shape(array.shape, shape, path, what)
-    return array
+    """A map PNG as one array (its first channel), size checked."""
+    array = np.asarray(_open_png(path, shape, what))
+    return array[..., 0] if array.ndim == 3 else array
 
 
 def _open_png(path: Path, shape: tuple[int, int], what: str) -> Image.Image:
-    """A map PNG decoded by Pillow (kept as Pillow's own buffer) after its size is checked."""
+    """A map PNG decoded by Pillow (kept as Pillow's own buffer), size checked."""
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
     try:
         img = Image.open(path)
-        _check_shape((img.height, img.width), shape, path, what)
         img.load()  # Pillow closes a single-frame file it opened once decoded
-        return img
-    except ValueError as err:
-        if str(err).startswith(f"{what} '"):
-            raise
-        raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
     except Exception as err:
         raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+    _check_shape((img.height, img.width), shape, path, what)
+    return img
 
 
 def _check_shape(found: tuple[int, ...], shape: tuple[int, int], path: Path, what: str) -> None:

@@ -19,13 +19,14 @@ holds one chunk-depth slab, 8 slices (1 GiB at 8192 x 8192 uint16; pass thinner 
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from utils.atomic import replace_folder, temporary_sibling
+from utils.pyramid import ome_multiscales
 
 try:  # zarr 3 needs Python >= 3.11
     import zarr
@@ -41,18 +42,6 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(c, s) for c, s in zip(DEFAULT_CHUNKS[-len(shape) :], shape))
 
 
-def _ome_attributes(axes: Sequence[str], zarr_format: int) -> dict:
-    """OME-Zarr multiscales metadata with one level, ``0``: version 0.4 for zarr v2, 0.5 (under ``ome``) for v3."""
-    multiscale = {
-        "name": "volume" if len(axes) == 3 else "map",
-        "axes": [{"name": a, "type": "space"} for a in axes],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}],
-    }
-    if zarr_format == 2:
-        return {"multiscales": [{"version": "0.4", **multiscale}]}
-    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
-
-
 def _create(
     folder: Path, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], zarr_format: int, ome: bool
 ) -> zarr.Array:
@@ -63,7 +52,7 @@ def _create(
     if not ome:
         return zarr.create_array(str(folder), shape=shape, chunks=chunks, dtype=dtype, zarr_format=zarr_format, **extra)
     group = zarr.open_group(str(folder), mode="w", zarr_format=zarr_format)
-    group.attrs.update(_ome_attributes(axes, zarr_format))
+    group.attrs.update(ome_multiscales(axes, zarr_format, name="volume" if len(axes) == 3 else "map"))
     return group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, **extra)
 
 
@@ -74,17 +63,6 @@ def _check(shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], zar
         raise ValueError(f"dtype must be uint8 or uint16 (or bool for maps), got {dtype}")
     if len(chunks) != len(shape) or any(int(c) < 1 for c in chunks):
         raise ValueError(f"chunks {tuple(chunks)} must give one positive size per axis of shape {shape}")
-
-
-def _commit(temp: Path, target: Path) -> None:
-    """Moves the finished ``temp`` folder to ``target``, replacing what was there."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
-        os.replace(target, old)
-    os.replace(temp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_zarr_volume(
@@ -118,7 +96,7 @@ def write_zarr_volume(
     shape = tuple(int(s) for s in shape)
     chunks = tuple(int(c) for c in (chunks or default_chunks(shape)))
     _check(shape, dtype, chunks, zarr_format)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    temp = temporary_sibling(target)
     try:
         array = _create(temp, shape, dtype, chunks, zarr_format, ome)
         slab = np.empty((min(chunks[0], shape[0]), *shape[1:]), dtype=dtype)
@@ -135,7 +113,7 @@ def write_zarr_volume(
                 array[count - filled : count] = slab[:filled]
         if count != shape[0]:
             raise ValueError(f"{count} slices given for '{target}', expected {shape[0]}")
-        _commit(temp, target)
+        replace_folder(temp, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return target
@@ -166,10 +144,10 @@ def write_zarr_map(
         raise ValueError(f"a map is 2-D (y, x); got shape {image.shape} for '{target}'")
     chunks = tuple(int(c) for c in (chunks or tuple(min(1024, s) for s in image.shape)))
     _check(image.shape, image.dtype, chunks, zarr_format)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    temp = temporary_sibling(target)
     try:
         _create(temp, image.shape, image.dtype, chunks, zarr_format, ome)[...] = image
-        _commit(temp, target)
+        replace_folder(temp, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return target

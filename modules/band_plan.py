@@ -72,10 +72,14 @@ class RankPlan:
     filler: bool = False
 
 
+def _band_span(segment: SegmentBands, ys: np.ndarray, tile_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last band each tile with top row in ``ys`` overlaps."""
+    return ys // segment.rows, (np.minimum(segment.shape[0], ys + tile_size) - 1) // segment.rows
+
+
 def tiles_per_band(segment: SegmentBands, ys: np.ndarray, tile_size: int) -> np.ndarray:
     """How many tiles with top rows ``ys`` overlap each band of the segment: int64 ``[count]``."""
-    first = ys // segment.rows
-    last = (np.minimum(segment.shape[0], ys + tile_size) - 1) // segment.rows
+    first, last = _band_span(segment, ys, tile_size)
     counts = np.zeros(segment.count + 1, dtype=np.int64)
     np.add.at(counts, first, 1)
     np.add.at(counts, last + 1, -1)
@@ -115,18 +119,16 @@ def plan_rank(
         finished = set(done.get(segment.fragment_id, ()))
         pending += [(s, k, int(counts[k])) for k in range(segment.count) if k not in finished]
     owners = _owners([c for _, _, c in pending], world)
-    mine = [(s, k) for (s, k, _), owner in zip(pending, owners) if owner == rank]
+    mine = [(s, k, c) for (s, k, c), owner in zip(pending, owners) if owner == rank]
     owned = {s: set() for s in range(len(segments))}
-    for s, k in mine:
+    for s, k, _ in mine:
         owned[s].add(k)
     keep = np.zeros(len(windows), dtype=bool)
     for s, segment in enumerate(segments):
         if not owned[s]:
             continue
         rows = np.nonzero(windows[:, 0] == s)[0]
-        ys = windows[rows, 1]
-        first = ys // segment.rows
-        last = (np.minimum(segment.shape[0], ys + tile_size) - 1) // segment.rows
+        first, last = _band_span(segment, windows[rows, 1], tile_size)
         wanted = np.zeros(segment.count + 1, dtype=bool)
         wanted[sorted(owned[s])] = True
         # A tile is needed when any band between its first and last is owned (bands are contiguous ranges).
@@ -134,12 +136,10 @@ def plan_rank(
         keep[rows] = cumulative[last + 1] - cumulative[first] > 0
     indices = np.nonzero(keep)[0]
     indices = indices[np.lexsort((windows[indices, 2], windows[indices, 1], windows[indices, 0]))]
+    # Every tile overlapping an owned band is among this rank's tiles, so its count is the segment's count.
     bands: dict[str, dict[int, int]] = {}
-    for s, k in mine:
-        segment = segments[s]
-        ys = windows[indices[windows[indices, 0] == s], 1]
-        r0, r1 = segment.band(k)
-        bands.setdefault(segment.fragment_id, {})[k] = int(np.count_nonzero((ys < r1) & (ys + tile_size > r0)))
+    for s, k, count in mine:
+        bands.setdefault(segments[s].fragment_id, {})[k] = count
     if len(indices) == 0 and len(windows):
         return RankPlan(np.zeros(1, dtype=np.int64), bands, filler=True)
     return RankPlan(indices.astype(np.int64), bands)

@@ -1,9 +1,10 @@
 """Whole-fragment evaluation: `EvalConfig` (``--model.eval.*``), and the stitching and scoring InkModule runs.
 
-The task's metric is F0.5 over whole fragments, so validation, test and prediction tiles are first turned into
+The task's metric is F0.5 over whole fragments, so validation and test tiles are first turned into
 probabilities (`modules.tta` when ``tta`` is on), blended into one map per fragment (`modules.stitching`), and only
 then scored (`modules.metrics`). This file holds the settings of that path and the steps the LightningModule calls;
-the module keeps the state callbacks read (``last_eval_maps``, ``val_threshold``).
+the module keeps the state callbacks read (``last_eval_maps``, ``val_threshold``). Prediction tiles are stitched
+band by band by `callbacks.prediction_writer.InkPredictionWriter` instead.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from utils.checks import check_int, check_threshold
 # Full-resolution pixels per scored band: bounds the upsampling and counting temporaries to a few tens of MB.
 SCORE_BAND_PIXELS = 1 << 20
 # Lightning's stage names, as passed to `InkDataModule.fragment_shapes`, keyed by metric prefix.
-EVAL_STAGES = {"val": "validate", "test": "test", "predict": "predict"}
+EVAL_STAGES = {"val": "validate", "test": "test"}
 
 
 @dataclass
@@ -97,9 +98,9 @@ def new_stitcher(
         )
     if tile_size is None:
         return None
-    # Only the box a stage scores is allocated (a region split's band); prediction maps cover whole fragments.
+    # Only the box a stage scores is allocated (a region split's band).
     boxes_of = getattr(datamodule, "fragment_boxes", None)
-    boxes = boxes_of(stage) if callable(boxes_of) and prefix != "predict" else None
+    boxes = boxes_of(stage) if callable(boxes_of) else None
     return FragmentStitcher(
         datamodule.fragment_shapes(stage), tile_size, window=config.window, stride=config.stitch_stride, boxes=boxes
     )
@@ -158,7 +159,7 @@ def callback_maps(stitcher: FragmentStitcher, prefix: str) -> dict[str, dict[str
     """The maps `InkModule.last_eval_maps` keeps, freeing the stitcher's buffers fragment by fragment.
 
     Validation maps stay in memory through training for the callbacks (images), so their probabilities are kept as
-    float16 (scores are counted before, from the float32 map); test and prediction maps keep float32.
+    float16 (scores are counted before, from the float32 map); test maps keep float32.
     """
     dtype = np.float16 if prefix == "val" else np.float32
     return {fid: stitcher.result(fid, prob_dtype=dtype, release=True) for fid in stitcher.fragment_ids}

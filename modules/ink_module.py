@@ -225,7 +225,7 @@ class InkModule(pl.LightningModule):
         if valid is None:
             valid = torch.ones_like(probs)
         label = batch.get("label")
-        if label is not None and prefix != "predict":
+        if label is not None:
             loss = self.loss(logits, label, valid)
             self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=image.shape[0])
         self.stitcher.add(list(batch["fragment"]), batch["yx"], probs, valid, label)
@@ -241,7 +241,7 @@ class InkModule(pl.LightningModule):
         stitcher.finish()  # the weight sums are freed before anything else is built
         self.last_eval_stage = EVAL_STAGES[prefix]
         self.last_eval_scores = {}
-        if prefix != "predict" and not self.trainer.sanity_checking:
+        if not self.trainer.sanity_checking:
             # Full-resolution counts, each rank counting its share of the rows: every rank gets the same scores.
             scores = score_stitched(stitcher, prefix, self.eval_config.threshold, self.val_threshold)
             if scores and prefix == "val":

@@ -81,20 +81,25 @@ def test_ddp_fit_trains_checkpoints_and_tests(ddp_fit: Path) -> None:
     assert not [p for p in ddp_fit.rglob("*") if p.name.endswith(".tmp")]
 
 
+def run_from_checkpoint(run: Path, script: str, devices: int, root: Path, *args: str) -> Path:
+    """Runs ``script`` with the DDP run's config and last checkpoint on ``devices`` CPU processes, in ``root``."""
+    root.mkdir()
+    ddp = ["--strategy", "ddp"] if devices > 1 else []
+    config, ckpt = run / "config.yaml", run / "checkpoints" / "last.ckpt"
+    run_script(
+        script,
+        *("--config", str(config), "--ckpt_path", str(ckpt), "--devices", str(devices), *ddp),
+        *("--trainer.logger.init_args.save_dir", str(root / "runs")),
+        *args,
+        cwd=root,
+    )
+    return root
+
+
 def test_validation_scores_are_identical_on_1_and_2_processes(ddp_fit: Path, tmp_path: Path) -> None:
-    config = ddp_fit / "config.yaml"
-    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
     scores = {}
     for devices in (1, WORLD_SIZE):
-        root = tmp_path / f"devices{devices}"
-        root.mkdir()
-        ddp = ["--strategy", "ddp"] if devices > 1 else []
-        run_script(
-            "validate.py",
-            *("--config", str(config), "--ckpt_path", str(ckpt), "--devices", str(devices), *ddp),
-            *("--trainer.logger.init_args.save_dir", str(root / "runs")),
-            cwd=root,
-        )
+        root = run_from_checkpoint(ddp_fit, "validate.py", devices, tmp_path / f"devices{devices}")
         (row,) = [r for r in logged(run_folder(root) / "metrics.csv") if "val/f05" in r]
         scores[devices] = {name: row[name] for name in RANK_FREE_METRICS}
     for name in RANK_FREE_METRICS:
@@ -103,21 +108,11 @@ def test_validation_scores_are_identical_on_1_and_2_processes(ddp_fit: Path, tmp
 
 def test_prediction_on_2_processes_equals_1_process(ddp_fit: Path, tmp_path: Path) -> None:
     """Bands are shared out between the ranks (each writes its own); the outputs are those of one process."""
-    config = ddp_fit / "config.yaml"
-    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
     outputs = {}
     for devices in (1, WORLD_SIZE):
-        root = tmp_path / f"devices{devices}"
-        root.mkdir()
-        ddp = ["--strategy", "ddp"] if devices > 1 else []
-        out = root / "pred"
-        run_script(
-            "predict.py",
-            *("--config", str(config), "--ckpt_path", str(ckpt), "--devices", str(devices), *ddp),
-            *("--prediction_writer.output_dir", str(out), "--prediction_writer.band_pixels", "2048"),
-            *("--trainer.logger.init_args.save_dir", str(root / "runs")),
-            cwd=root,
-        )
+        out = tmp_path / f"devices{devices}" / "pred"
+        writer = ("--prediction_writer.output_dir", str(out), "--prediction_writer.band_pixels", "2048")
+        run_from_checkpoint(ddp_fit, "predict.py", devices, tmp_path / f"devices{devices}", *writer)
         outputs[devices] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     names = sorted(outputs[1])
     assert any(n.endswith("_prediction.tif") for n in names) and "submission.csv" in names

@@ -89,12 +89,12 @@ def test_a_smooth_prediction_scores_the_same_at_stride_one_and_two() -> None:
 
 
 @pytest.mark.parametrize("stride", [2, 4])
-def test_scores_are_those_of_the_full_resolution_map_the_prediction_writer_writes(stride: int) -> None:
+def test_scores_are_those_of_the_stored_map_upsampled_to_full_resolution(stride: int) -> None:
     prob, label = _smooth_case()
     st = _stitch(prob, label, stride)
     scores = score_stitched(st, "val", 0.5)
     res = st.result("a")
-    # The writer's upsampling of the stored map, scored against full-resolution labels inside the mask.
+    # The stored map upsampled band by band, scored against full-resolution labels inside the mask.
     full = np.concatenate([p for p, _ in full_resolution_bands(res["prob"], res["valid"], label.shape, 1000)])
     expected = fragment_scores(full, label, np.ones(label.shape, dtype=bool), 0.5)
     assert scores == {f"val/{k}": v for k, v in expected.items()}

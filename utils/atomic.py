@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,27 @@ TMP_SUFFIX = ".tmp"
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+
+
+def temporary_sibling(path: str | os.PathLike[str]) -> Path:
+    """A fresh temporary name beside ``path`` (``.<name>.<random>.tmp``) for a file or folder written in pieces."""
+    return _tmp_name(Path(path))
+
+
+def replace_folder(temp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Moves the finished folder ``temp`` to ``target``, replacing a folder already there.
+
+    ``os.replace`` cannot replace a non-empty folder, so an old ``target`` is first renamed aside and removed after:
+    a reader sees the old folder or the new one, and at worst, for an instant, neither.
+    """
+    temp, target = Path(temp), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
+        os.replace(target, old)
+    os.replace(temp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -22,7 +22,6 @@ Probabilities become 8-bit grey the same way in every format (`grey_levels`).
 from __future__ import annotations
 
 import csv
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_open, atomic_path
+from utils.atomic import atomic_open, atomic_path, temporary_sibling
 from utils.png import StreamingPngWriter
 from utils.pyramid import OmeZarrWriter, write_tiff_pyramid
 from utils.rle import RleEncoder
@@ -115,7 +114,7 @@ def rle_format(out: FragmentOutput) -> Iterator[BandWriter]:
 def tiff_format(out: FragmentOutput) -> Iterator[BandWriter]:
     """Writes ``<id>_prediction.tif`` (a BigTIFF pyramid) once all bands are in a disk-backed scratch image."""
     path = out.output_dir / f"{out.fragment_id}_prediction.tif"
-    scratch = out.output_dir / f".{out.fragment_id}_prediction.{secrets.token_hex(6)}.tmp"
+    scratch = temporary_sibling(path)  # the full-resolution image, disk-backed until the pyramid is written
     image = np.memmap(scratch, dtype=np.uint8, mode="w+", shape=out.shape)
     row = 0
 

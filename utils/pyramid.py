@@ -8,15 +8,15 @@ one tile. Viewers (QuPath, napari, OpenSeadragon via libvips, neuroglancer for z
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
+
+from utils.atomic import replace_folder, temporary_sibling
 
 TILE = 256
 ZARR_CHUNK = 1024
@@ -30,6 +30,29 @@ def level_shapes(shape: tuple[int, int], tile: int = TILE) -> list[tuple[int, in
         h, w = shapes[-1]
         shapes.append((-(-h // 2), -(-w // 2)))
     return shapes  # type: ignore[return-value]
+
+
+def ome_multiscales(axes: Sequence[str], zarr_format: int, *, name: str, levels: int = 1) -> dict:
+    """OME-Zarr group attributes for ``levels`` levels ``0``, ``1``, ...: NGFF 0.4 for zarr v2, 0.5 (under ``ome``)
+    for v3. Level ``i`` halves ``y`` and ``x`` ``i`` times (2 × 2 means); other axes keep their scale."""
+    multiscale: dict = {
+        "name": name,
+        "axes": [{"name": a, "type": "space"} for a in axes],
+        "datasets": [
+            {
+                "path": str(i),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [2.0**i if a in ("y", "x") else 1.0 for a in axes]}
+                ],
+            }
+            for i in range(levels)
+        ],
+    }
+    if levels > 1:
+        multiscale["type"] = "mean"
+    if zarr_format == 2:
+        return {"multiscales": [{"version": "0.4", **multiscale}]}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
 
 
 def reduce_into(source: Any, target: Any) -> None:
@@ -68,7 +91,7 @@ def write_tiff_pyramid(path: Path, image: np.ndarray, scratch_dir: Path, tile: i
     scratch: list[Path] = []
     try:
         for shape in shapes[1:]:
-            scratch.append(scratch_dir / f".level{len(scratch) + 1}.{secrets.token_hex(6)}.tmp")
+            scratch.append(temporary_sibling(scratch_dir / f"level{len(scratch) + 1}"))
             level = np.memmap(scratch[-1], dtype=np.uint8, mode="w+", shape=shape)
             reduce_into(levels[-1], level)
             levels.append(level)
@@ -96,25 +119,14 @@ class OmeZarrWriter:
         except ImportError as err:  # a clear message instead of a bare ImportError deep in a prediction run
             raise ImportError("the 'zarr' prediction format needs the zarr package (pip install 'zarr>=3')") from err
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        self.tmp = temporary_sibling(self.path)
         self.shapes = level_shapes(shape, chunk)
         self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
         self.arrays = [
             self.group.create_array(str(i), shape=s, chunks=(min(chunk, s[0]), min(chunk, s[1])), dtype="uint8")
             for i, s in enumerate(self.shapes)
         ]
-        self.group.attrs["multiscales"] = [
-            {
-                "version": "0.4",
-                "name": name,
-                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": [
-                    {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i, 2.0**i]}]}
-                    for i in range(len(self.shapes))
-                ],
-                "type": "mean",
-            }
-        ]
+        self.group.attrs.update(ome_multiscales(("y", "x"), 2, name=name, levels=len(self.shapes)))
         self.row = 0
 
     def write_rows(self, rows: np.ndarray) -> None:
@@ -128,13 +140,7 @@ class OmeZarrWriter:
             raise ValueError(f"OME-Zarr {self.path}: {self.row} of {self.shapes[0][0]} rows were written")
         for source, target in zip(self.arrays[:-1], self.arrays[1:]):
             reduce_into(source, target)
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.old")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(self.tmp, self.path)
 
     def abort(self) -> None:
         """Removes the unfinished group."""
