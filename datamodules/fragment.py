@@ -3,7 +3,8 @@
 Nothing here loads a volume into RAM. The volume is either a folder of numbered TIFF slices, memory-mapped
 (`datamodules.volume_tiff`), or a Zarr array / OME-Zarr group, local (``surface_volume.zarr``) or remote
 (``surface_volume.url`` holding an fsspec URL), read chunk by chunk through a bounded cache
-(`datamodules.volume_zarr`). Masks and labels, PNG or zarr, become memory-mapped ``.npy`` caches
+(`datamodules.volume_zarr`). Where each file is comes from `datamodules.layouts` (the community's folder
+layouts, or a manifest); masks and labels, PNG, TIFF or zarr, become memory-mapped ``.npy`` caches
 (`datamodules.fragment_maps`). This class picks the backend and gives both one interface.
 """
 
@@ -14,7 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
-from datamodules.fragment_maps import binary_cache, find_map, ignore_cache, source_stamp
+from datamodules.fragment_maps import LabelFiles, binary_cache, excluded_cache, label_cache, source_stamp
+from datamodules.label_rules import LabelConfig
+from datamodules.layouts import (
+    FragmentSources,
+    discover_fragments,
+    discover_sources,
+    find_sources,
+    find_volume,
+    volume_candidates,
+)
 from datamodules.volume_tiff import SLICE_DIRS, SliceInfo, TiffVolume, find_volume_dir, inspect_slice, list_slices
 from datamodules.volume_zarr import ZarrPlane, ZarrVolume, describe, read_url_file
 from utils.layout import to_channels_last
@@ -24,8 +34,11 @@ __all__ = [
     "DEFAULT_Z_START",
     "SLICE_DIRS",
     "Fragment",
+    "FragmentSources",
     "SliceInfo",
     "discover_fragments",
+    "discover_sources",
+    "find_sources",
     "find_volume",
     "find_volume_dir",
     "volume_candidates",
@@ -38,71 +51,33 @@ __all__ = [
 DEFAULT_Z_START = 15
 DEFAULT_Z_END = 45
 
-
-def volume_candidates(fragment_dir: Path) -> list[Path]:
-    """Every volume a fragment folder holds: slice folders, ``.zarr`` folders and ``.url`` files."""
-    found = []
-    for name in SLICE_DIRS:
-        for path, ok in (
-            (fragment_dir / name, Path.is_dir),
-            (fragment_dir / f"{name}.zarr", Path.is_dir),
-            (fragment_dir / f"{name}.url", Path.is_file),
-        ):
-            if ok(path):
-                found.append(path)
-    return found
-
-
-def find_volume(fragment_dir: Path) -> Path | None:
-    """The fragment's volume: ``surface_volume/`` (or ``layers/``), ``surface_volume.zarr`` or ``.url``; None if none.
-
-    Raises:
-        ValueError: the folder holds more than one volume.
-    """
-    found = volume_candidates(fragment_dir)
-    if len(found) > 1:
-        raise ValueError(
-            f"fragment '{fragment_dir}' holds {len(found)} volumes ({', '.join(p.name for p in found)}): keep one"
-        )
-    return found[0] if found else None
-
-
-def discover_fragments(data_dir: str | Path) -> list[Path]:
-    """Lists the fragment folders under ``data_dir``, sorted by name.
-
-    Raises:
-        FileNotFoundError: ``data_dir`` does not exist or holds no fragment.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data_dir '{root}' does not exist or is not a folder")
-    found = sorted(p for p in root.iterdir() if p.is_dir() and volume_candidates(p))
-    if not found:
-        raise FileNotFoundError(
-            f"no fragment found in data_dir '{root}': expected sub-folders holding "
-            f"{' or '.join(s + '/' for s in SLICE_DIRS)} with numbered .tif slices, "
-            f"{' or '.join(s + '.zarr' for s in SLICE_DIRS)}, or {' or '.join(s + '.url' for s in SLICE_DIRS)}"
-        )
-    return found
+_WHAT = {
+    "mask": "mask",
+    "inklabels": "ink labels",
+    "ignore": "ignore mask",
+    "supervision": "supervision mask",
+    "validation": "validation mask",
+}
 
 
 class Fragment:
-    """One fragment: a lazy ``[Z, H, W]`` volume, its mask and (optional) ink labels.
+    """One fragment: a lazy ``[Z, H, W]`` volume, its mask, (optional) ink labels and maps of the pixels that count.
 
     Files and stores are opened on first read in each process, so a Fragment pickles to DataLoader workers and
     DDP processes without file handles, maps or zarr stores.
 
     Args:
-        path: the fragment folder.
+        path: the fragment folder (its files found as `datamodules.layouts` describes), or its `FragmentSources`.
         z_start: first slice of the range the model sees (in depth order after ``reverse_depth``).
         z_end: one past the last slice of that range.
         reverse_depth: the fragment is stored with its depth order reversed; slice ``z`` is read from
             file ``Z-1-z``.
-        cache_dir: where converted (compressed or tiled) slices and the mask/label caches go; default
-            ``<fragment>/.ink_cache``.
-        require_labels: raise if ``inklabels.png`` (or ``inklabels.zarr``) is missing.
+        cache_dir: where converted (compressed or tiled) slices and the map caches go, in a sub-folder named by
+            the id; default the fragment's own (``<fragment>/.ink_cache``).
+        require_labels: raise if the fragment has no ink labels.
         chunk_cache_mb: byte limit, in MiB, of the process's cache of decoded zarr chunks (shared by all zarr
             volumes of the process; unused for TIFF slices).
+        labels: how label maps are read (threshold, soft targets, an "unknown" level).
 
     Raises:
         ValueError / FileNotFoundError / ImportError: with the file or setting named, for every inconsistency.
@@ -110,7 +85,7 @@ class Fragment:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | FragmentSources,
         *,
         z_start: int = DEFAULT_Z_START,
         z_end: int = DEFAULT_Z_END,
@@ -118,12 +93,13 @@ class Fragment:
         cache_dir: str | Path | None = None,
         require_labels: bool = False,
         chunk_cache_mb: int = DEFAULT_CHUNK_CACHE_MB,
+        labels: LabelConfig | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.id = self.path.name
+        self.sources = path if isinstance(path, FragmentSources) else find_sources(path)
         if isinstance(chunk_cache_mb, bool) or not isinstance(chunk_cache_mb, int) or chunk_cache_mb < 0:
             raise ValueError(f"chunk_cache_mb must be an integer >= 0, got {chunk_cache_mb!r}")
-        self.cache_dir = Path(cache_dir) / self.id if cache_dir is not None else self.path / ".ink_cache"
+        default_cache = self.sources.cache_dir or self.path / ".ink_cache"
+        self.cache_dir = Path(cache_dir) / self.id if cache_dir is not None else default_cache
         self._volume = self._open_volume(chunk_cache_mb << 20)
         self.depth, self.height, self.width = self._volume.shape
         self.dtype = self._volume.dtype
@@ -136,36 +112,34 @@ class Fragment:
             )
         self.z_start, self.z_end = z_start, z_end
         self.reverse_depth = reverse_depth
+        self.label_rules = labels or LabelConfig()
         self._npy: dict[Path, np.ndarray] = {}
         # (lo, hi) raw values mapped to 0 and 1 by the model's input normalisation; None: the dtype's range.
         self.intensity: tuple[float, float] | None = None
 
-        # Mask and labels are memory-mapped .npy caches like the slices (see datamodules/fragment_maps.py).
-        shape = (self.height, self.width)
-        self._mask_source = find_map(self.path, "mask")
-        self._mask_file = binary_cache(self._mask_source, self.cache_dir, shape, "mask") if self._mask_source else None
-        label_source = find_map(self.path, "inklabels")
-        if label_source is not None:
-            self._labels_file: Path | None = binary_cache(label_source, self.cache_dir, shape, "ink labels")
+        # Every map becomes a memory-mapped .npy cache like the slices (see datamodules/fragment_maps.py).
+        shape, maps = (self.height, self.width), self.sources.maps
+        self._binary = {
+            role: binary_cache(maps[role], self.cache_dir, shape, role, _WHAT[role])
+            for role in ("mask", "ignore", "supervision", "validation")
+            if role in maps
+        }
+        self._label_files: LabelFiles | None = None
+        if "inklabels" in maps:
+            self._label_files = label_cache(maps["inklabels"], self.cache_dir, shape, self.label_rules)
         elif require_labels:
             raise FileNotFoundError(
-                f"fragment '{self.id}' has no ink labels: '{self.path / 'inklabels.png'}' "
-                "(or inklabels.zarr) is missing"
+                f"fragment '{self.id}' ({self.path}) has no ink labels: expected inklabels.png, "
+                f"{self.id}_inklabels[_vN].png/.tif/.tiff/.zarr, or a manifest naming them"
             )
-        else:
-            self._labels_file = None
-        ignore_source = find_map(self.path, "ignore") or self.path / "ignore.png"
-        self._ignore_file = ignore_cache(
-            label_source or self.path / "inklabels.png", ignore_source, self.cache_dir, shape
-        )
+        excluded = [self._binary[r] for r in ("ignore",) if r in self._binary]
+        if self._label_files is not None and self._label_files.unknown is not None:
+            excluded.append(self._label_files.unknown)
+        included = [self._binary["supervision"]] if "supervision" in self._binary else []
+        self._excluded_file = excluded_cache(self.cache_dir, shape, included, excluded)
 
     def _open_volume(self, cache_bytes: int) -> TiffVolume | ZarrVolume:
-        source = find_volume(self.path)
-        if source is None:
-            raise FileNotFoundError(
-                f"fragment '{self.path}' has no {' or '.join(SLICE_DIRS)} folder "
-                f"(nor {' or '.join(s + '.zarr' for s in SLICE_DIRS)}, nor a .url file naming one)"
-            )
+        source = self.sources.volume
         if source.suffix == ".zarr":
             return ZarrVolume(source, describe(source), cache_bytes)
         if source.suffix == ".url":
@@ -174,30 +148,69 @@ class Fragment:
         return TiffVolume(source, self.cache_dir)
 
     @property
+    def id(self) -> str:
+        """The fragment's id."""
+        return self.sources.id
+
+    @property
+    def path(self) -> Path:
+        """The fragment folder (for a manifest entry without one, its volume)."""
+        return self.sources.path
+
+    @property
     def backend(self) -> str:
         """``"tiff"`` or ``"zarr"``: how the volume is stored."""
         return "zarr" if isinstance(self._volume, ZarrVolume) else "tiff"
 
+    def _role(self, role: str) -> np.ndarray | None:
+        path = self._binary.get(role)
+        return None if path is None else self._open_npy(path)
+
     @property
     def mask(self) -> np.ndarray:
         """Papyrus mask, bool ``[H, W]`` (memory-mapped; all True when the fragment has no mask)."""
-        if self._mask_file is None:
-            return np.broadcast_to(np.True_, (self.height, self.width))
-        return self._open_npy(self._mask_file)
+        found = self._role("mask")
+        return np.broadcast_to(np.True_, (self.height, self.width)) if found is None else found
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the fragment has a mask (without one every pixel counts as papyrus)."""
+        return "mask" in self._binary
 
     @property
     def labels(self) -> np.ndarray | None:
-        """Ink labels, bool ``[H, W]`` (memory-mapped), or None when the fragment has no labels."""
-        return None if self._labels_file is None else self._open_npy(self._labels_file)
+        """Ink labels at the label threshold, bool ``[H, W]`` (memory-mapped), or None without labels."""
+        return None if self._label_files is None else self._open_npy(self._label_files.ink)
+
+    @property
+    def label_levels(self) -> np.ndarray | None:
+        """Grey label levels 0..255, uint8 ``[H, W]`` (memory-mapped); None without labels or for binary ones."""
+        files = self._label_files
+        return None if files is None or files.levels is None else self._open_npy(files.levels)
+
+    @property
+    def label_summary(self) -> dict | None:
+        """What the label file is (``storage``, ``kind`` binary / grey, ``levels``, ``partial``), or None."""
+        return None if self._label_files is None else self._label_files.read_summary()
+
+    @property
+    def supervision(self) -> np.ndarray | None:
+        """Where labels are trusted, bool ``[H, W]`` (memory-mapped), or None: everywhere."""
+        return self._role("supervision")
+
+    @property
+    def validation(self) -> np.ndarray | None:
+        """The region that validates (and never trains), bool ``[H, W]`` (memory-mapped), or None."""
+        return self._role("validation")
 
     @property
     def ignore(self) -> np.ndarray | None:
         """Pixels left out of the loss and the metric, bool ``[H, W]`` (memory-mapped), or None.
 
-        The union of the ignore map (0/255) and the label pixels valued 127 ("unknown"): real labels are drawn
-        loosely, and uncertain regions are better left unscored than counted as ink or as papyrus.
+        The union of the ignore map, the labels' ``unknown`` level (when one is set) and everything outside the
+        supervision map: uncertain regions are better left unscored than counted as ink or as papyrus.
         """
-        return None if self._ignore_file is None else self._open_npy(self._ignore_file)
+        return None if self._excluded_file is None else self._open_npy(self._excluded_file)
 
     def _open_npy(self, path: Path) -> np.ndarray:
         cached = self._npy.get(path)
@@ -250,12 +263,8 @@ class Fragment:
         else:
             # Depth order, one slice at a time: the key TIFF fragments have always had, so their caches stay valid.
             key = "".join(self._volume.version_key(range(i, i + 1)) for i in map(self._file_index, range(z0, z1)))
-        if self._mask_source is not None:
-            if self._mask_source.suffix == ".zarr":
-                key += f"mask:{source_stamp(self._mask_source)}"
-            else:
-                stat = self._mask_source.stat()
-                key += f"mask:{stat.st_size}:{stat.st_mtime_ns}"
+        if "mask" in self.sources.maps:
+            key += f"mask:{source_stamp(self.sources.maps['mask'])}"
         return key
 
     def plane(self, z: int) -> np.ndarray | ZarrPlane:

@@ -1,198 +1,92 @@
-"""A fragment's 2-D maps (papyrus mask, ink labels, ignore map): read from PNG or zarr, checked, cached as ``.npy``.
+"""A fragment's 2-D maps (papyrus mask, ink labels, ignore / supervision / validation maps), checked and cached.
 
-A real fragment's maps are 141 MB each; read into every DataLoader worker they would multiply that by the
-worker count. So each map is read and checked once per version (the cache name carries the source's size and
-modification time, or a digest of a zarr folder's files), written as an uncompressed ``.npy`` that the fragment
-then memory-maps like its slices. A PNG is decoded whole (the format allows nothing else); a zarr map
-(``mask.zarr``, ``inklabels.zarr``, ``ignore.zarr``: a 2-D ``(y, x)`` array or OME-Zarr group) is read band
-of rows by band, so converting it never holds the whole map. The atomic ``.npy`` writer here also serves the
-fragment's converted TIFF slices.
+A real segment's maps reach 330 Mpx each; read into every DataLoader worker they would multiply that by the
+worker count. So each map is read and checked once per version (the cache name carries the source's name, size
+and modification time, or a digest of a zarr folder's files), written band by band as an uncompressed ``.npy``
+that the fragment then memory-maps like its slices. Reading goes through `datamodules.map_reader` (every file
+format and colour type); label rules are `datamodules.label_rules`. The atomic ``.npy`` writer here also serves
+the fragment's converted TIFF slices.
+
+Caches, in the fragment's cache folder (``<role>`` is ``mask``, ``inklabels``, ``ignore``, ``supervision``,
+``validation``):
+
+- ``<role>.<stamp>.npy``: bool, for the binary maps (which must hold two values only);
+- ``inklabels.<stamp>.<t…u…>.npy``: bool ink at the label threshold; ``inklabels.<stamp>.levels.npy``: uint8
+  levels, only for grey labels; ``inklabels.<stamp>.unknown.npy``: the ``unknown`` level's pixels, when any;
+  ``inklabels.<stamp>.json``: what the labels are (storage, binary or grey, levels seen);
+- ``excluded.<…>.npy``: the pixels no loss or score counts (ignore map, unknown labels, outside supervision).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from datamodules.volume_zarr import native_dtype, open_node, resolve_array, zarr_stamp
-from utils.atomic import TMP_SUFFIX, atomic_open
+from datamodules.label_rules import LabelConfig, is_binary, to_levels
+from datamodules.map_reader import MapReader
+from utils.atomic import TMP_SUFFIX, atomic_open, atomic_write_text
 
-MAP_SUFFIXES = (".png", ".zarr")
-UNKNOWN_LABEL = 127
-_MAP_DTYPES = ("bool", "uint8", "uint16")
-_BAND_ROWS = 1024  # rows per band when converting a zarr map (about 10 MB of uint8 for a real fragment)
-
-
-def find_map(folder: Path, stem: str) -> Path | None:
-    """``<stem>.png`` or ``<stem>.zarr`` in ``folder``, or None when neither exists.
-
-    Raises:
-        ValueError: both exist (which one is meant is unclear).
-    """
-    found = [folder / f"{stem}{suffix}" for suffix in MAP_SUFFIXES if (folder / f"{stem}{suffix}").exists()]
-    if len(found) > 1:
-        raise ValueError(f"'{folder}' holds both {found[0].name} and {found[1].name}: keep one of them")
-    return found[0] if found else None
+_BAND_ROWS = 1024  # rows per band when combining cached maps
 
 
 def source_stamp(path: Path) -> str:
-    """The version of a map source, for cache names: a PNG's size and mtime, a zarr folder's file digest."""
+    """The version of a map source, for cache names: its name with a file's size and mtime, or a zarr's digest."""
+    name = hashlib.sha1(path.name.encode()).hexdigest()[:6]
     if path.suffix == ".zarr":
-        return f"z{zarr_stamp(path)}"
+        from datamodules.volume_zarr import zarr_stamp
+
+        return f"{name}z{zarr_stamp(path)}"
     stat = path.stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
+    return f"{name}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def read_binary_png(path: Path, shape: tuple[int, int], what: str, *, unknown: int | None = None) -> np.ndarray:
-    """Reads a mask or label PNG as a bool array, accepting 0/255 or 0/1 values.
-
-    Args:
-        path: the PNG.
-        shape: the volume's ``(H, W)``.
-        what: what the file is, for error messages.
-        unknown: a value also accepted, meaning "unknown" (labels: 127); such pixels read as False.
-
-    Raises:
-        ValueError: unreadable file, size other than ``shape`` or values that are not binary.
-    """
-    array = _read_png(path, shape, what)
-    if array.dtype == bool:
-        return array
-    _check_binary(set(np.unique(array).tolist()), path, what, unknown)
-    return _to_bool(array, unknown)
-
-
-def read_unknown_labels(path: Path, shape: tuple[int, int], value: int = UNKNOWN_LABEL) -> np.ndarray | None:
-    """Pixels of a label PNG marked unknown (``value``), or None when there are none."""
-    array = _read_png(path, shape, "ink labels")
-    if array.dtype == bool:
-        return None
-    unknown = array == value
-    return unknown if unknown.any() else None
-
-
-def _check_binary(values: set[int], path: Path, what: str, unknown: int | None) -> None:
-    allowed = ({0, 255}, {0, 1}) if unknown is None else ({0, 255, unknown}, {0, 1, unknown})
-    if not any(values <= ok for ok in allowed):
-        shown = sorted(values)[:8]
-        extra = "" if unknown is None else f", with {unknown} for unknown"
-        raise ValueError(f"{what} '{path}' is not binary: values {shown}; expected 0/255 or 0/1{extra}")
-
-
-def _to_bool(array: np.ndarray, unknown: int | None) -> np.ndarray:
-    if array.dtype == bool:
-        return array
-    return (array > 0) & (array != unknown) if unknown is not None else array > 0
-
-
-def _values(band: np.ndarray) -> set[int]:
-    """The distinct values of a band; counting levels is far faster than sorting for 8- and 16-bit maps."""
+def _values(band: np.ndarray) -> np.ndarray:
+    """Counts of each value of a band (bool, uint8 or uint16): counting levels is far faster than sorting."""
     if band.dtype == bool:
         band = band.view(np.uint8)
-    if band.dtype in (np.uint8, np.uint16):
-        counts = np.bincount(band.ravel(), minlength=1)
-        return set(np.flatnonzero(counts).tolist())
-    return set(np.unique(band).tolist())
+    return np.bincount(band.ravel(), minlength=2)
 
 
-def _read_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
-    """A map PNG as one array (its first channel), size checked."""
-    array = np.asarray(_open_png(path, shape, what))
-    return array[..., 0] if array.ndim == 3 else array
+def _check_binary(counts: np.ndarray, full: int, path: Path, what: str) -> None:
+    values = set(np.flatnonzero(counts).tolist())
+    if not is_binary(values, full):
+        shown = sorted(values)[:8]
+        raise ValueError(f"{what} '{path}' is not binary: values {shown}; expected 0/{full} or 0/1")
 
 
-def _open_png(path: Path, shape: tuple[int, int], what: str) -> Image.Image:
-    """A map PNG decoded by Pillow (kept as Pillow's own buffer), size checked."""
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # real masks exceed Pillow's bomb guard
-    try:
-        img = Image.open(path)
-        img.load()  # Pillow closes a single-frame file it opened once decoded
-    except Exception as err:
-        raise ValueError(f"{what} '{path}' cannot be read as an image: {err}") from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    _check_shape((img.height, img.width), shape, path, what)
-    return img
-
-
-def _check_shape(found: tuple[int, ...], shape: tuple[int, int], path: Path, what: str) -> None:
-    if tuple(found) != tuple(shape):
-        raise ValueError(
-            f"{what} '{path}' is {found[1]}x{found[0]} (W x H) but the volume's slices are {shape[1]}x{shape[0]}"
-        )
-
-
-class MapReader:
-    """Rows of a 2-D map, PNG or zarr, checked for size (and, for zarr, dimensions and dtype) on opening.
-
-    Args:
-        path: ``<name>.png`` or ``<name>.zarr``.
-        shape: the volume's ``(H, W)``.
-        what: what the map is, for error messages.
-
-    Attributes:
-        band_rows: rows per band that reading costs least (zarr: whole chunk rows; PNG: all rows, already read).
+def read_binary_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A whole binary map (mask, ignore map) as a bool array; for small maps and one-off reads.
 
     Raises:
-        ValueError / FileNotFoundError: an unreadable source, wrong size, dimensions or dtype, naming the file.
+        ValueError: unreadable, of another size, or holding more than two values.
     """
-
-    def __init__(self, path: Path, shape: tuple[int, int], what: str) -> None:
-        self.path, self.shape, self.what = path, shape, what
-        self._png: Image.Image | None = None
-        if path.suffix == ".zarr":
-            label = f"{what} '{path}'"
-            self._zarr = resolve_array(open_node(path, label), label, ndim=2, axes=("y", "x"))
-            native_dtype(self._zarr, label, _MAP_DTYPES)
-            _check_shape(tuple(self._zarr.shape), shape, path, what)
-            chunk_rows = int(self._zarr.chunks[0])
-            self.band_rows = chunk_rows * max(1, _BAND_ROWS // chunk_rows)
-        else:
-            # Pillow decodes a PNG whole (1 byte a pixel for a grey map); rows are then copied out band by band, so
-            # nothing else of the map's size is made (an 8192² mask: 64 MiB, where full-size temporaries took 576 MiB).
-            self._png = _open_png(path, shape, what)
-            self.band_rows = max(16, (1 << 21) // max(1, shape[1]))  # about 2 Mi pixels a band
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` as stored (bool or unsigned integers)."""
-        if self._png is not None:
-            band = np.asarray(self._png.crop((0, start, self.shape[1], stop)))
-            return band[..., 0] if band.ndim == 3 else band
-        try:
-            return np.asarray(self._zarr[start:stop])
-        except Exception as err:  # a damaged chunk: name the map rather than zarr's internals
-            raise ValueError(f"{self.what} '{self.path}': cannot read rows {start}..{stop}: {err}") from err
+    with MapReader(path, shape, what) as reader:
+        out = np.empty(shape, dtype=bool)
+        for rows, band in reader.bands():
+            _check_binary(_values(band), reader.full, path, what)
+            out[rows] = band > 0
+    return out
 
 
-def _bands(readers: list[MapReader]) -> Iterator[tuple[slice, list[np.ndarray]]]:
-    """Row bands read from every reader at once, the band height the smallest any of them wants."""
-    height = readers[0].shape[0]
-    step = min(r.band_rows for r in readers)
-    for start in range(0, height, step):
-        stop = min(start + step, height)
-        yield slice(start, stop), [r.rows(start, stop) for r in readers]
-
-
-def _write_bool_npy(
-    target: Path, shape: tuple[int, int], fill: Callable[[np.ndarray], bool], *, stale: str, keep_empty: bool
+def _write_npy(
+    target: Path, shape: tuple[int, int], dtype: str, fill: Callable[[np.ndarray], bool], *, keep_empty: bool = True
 ) -> bool:
-    """Writes a bool ``.npy`` atomically, ``fill`` writing it band by band into a memory map.
+    """Writes a ``.npy`` atomically, ``fill`` writing it band by band into a memory map.
 
     Returns:
-        Whether any pixel is True. With ``keep_empty=False`` an all-False result is not kept.
+        What ``fill`` returned (whether anything is set). With ``keep_empty=False`` a False result is not kept.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(stale):
-        if old != target:
-            old.unlink(missing_ok=True)  # the source changed since this copy was made
     temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
     try:
-        out = np.lib.format.open_memmap(temp, mode="w+", dtype=bool, shape=shape)
+        out = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
         anything = fill(out)
         out.flush()
         del out
@@ -203,91 +97,193 @@ def _write_bool_npy(
         temp.unlink(missing_ok=True)
 
 
-def binary_cache(source: Path, cache_dir: Path, shape: tuple[int, int], what: str) -> Path:
-    """The ``.npy`` copy of a mask or label map (PNG or zarr), made (and checked) once per version.
+def _remove_stale(cache_dir: Path, role: str, stamp: str) -> None:
+    """Removes the caches of other versions of a role's source (the source changed since they were made)."""
+    for old in cache_dir.glob(f"{role}.*"):
+        if not old.name.startswith(f"{role}.{stamp}."):
+            old.unlink(missing_ok=True)
 
-    Args:
-        source: ``mask.png``/``.zarr`` or ``inklabels.png``/``.zarr`` (whose 127 pixels mean "unknown" and read as
-            False).
-        cache_dir: the fragment's cache folder.
-        shape: the volume's ``(H, W)``.
-        what: what the file is, for error messages.
 
-    Returns:
-        The cache file, a bool ``[H, W]`` array.
+def binary_cache(source: Path, cache_dir: Path, shape: tuple[int, int], role: str, what: str) -> Path:
+    """The bool ``.npy`` copy of a binary map (mask, ignore, supervision or validation map), made once per version.
 
     Raises:
-        ValueError: see `read_binary_png`; for zarr also wrong dimensions or dtype.
+        ValueError: see `MapReader`; a map holding more than two values.
     """
-    stem = source.name.split(".")[0]
-    target = cache_dir / f"{stem}.{source_stamp(source)}.npy"
+    stamp = source_stamp(source)
+    target = cache_dir / f"{role}.{stamp}.npy"
     if target.exists():
         return target
-    unknown = UNKNOWN_LABEL if stem == "inklabels" else None
-    reader = MapReader(source, shape, what)
+    _remove_stale(cache_dir, role, stamp)
+    with MapReader(source, shape, what) as reader:
 
-    def fill(out: np.ndarray) -> bool:
-        seen: set[int] = set()
-        for rows, (band,) in _bands([reader]):
-            seen |= _values(band)
-            _check_binary(seen, source, what, unknown)  # fails at the first band that breaks the rules
-            out[rows] = _to_bool(band, unknown)
-        return True
+        def fill(out: np.ndarray) -> bool:
+            counts = np.zeros(2, dtype=np.int64)
+            for rows, band in reader.bands():
+                found = _values(band)
+                counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
+                counts[: len(found)] += found
+                _check_binary(counts, reader.full, source, what)  # fails at the first band that breaks the rules
+                out[rows] = band > 0
+            return True
 
-    _write_bool_npy(target, shape, fill, stale=f"{stem}.*.npy", keep_empty=True)
+        _write_npy(target, shape, "bool", fill)
     return target
 
 
-def ignore_cache(label_path: Path, ignore_path: Path, cache_dir: Path, shape: tuple[int, int]) -> Path | None:
-    """The ``.npy`` cache of the pixels left unscored: the ignore map and the labels' unknown (127) pixels.
+@dataclass(frozen=True)
+class LabelFiles:
+    """The caches of one label map.
 
-    A ``.none`` marker records that a version of the sources has no such pixel, so it is not read again.
+    Attributes:
+        ink: bool ink at the configured threshold.
+        levels: uint8 levels 0..255 (grey labels only; None for binary ones, whose levels are ``ink * 255``).
+        unknown: bool pixels at the ``unknown`` level, or None when there are none (or no such level is set).
+        summary: a JSON file saying what the map is: ``file``, ``storage`` (format and colour type), ``kind``
+            (``binary`` or ``grey``), ``levels`` (distinct levels seen), ``partial`` (fraction of pixels neither
+            0 nor full).
+    """
 
-    Args:
-        label_path: the fragment's ``inklabels.png`` or ``.zarr`` (may be missing).
-        ignore_path: the fragment's ``ignore.png`` or ``.zarr`` (may be missing).
-        cache_dir: the fragment's cache folder.
-        shape: the volume's ``(H, W)``.
+    ink: Path
+    levels: Path | None
+    unknown: Path | None
+    summary: Path
+
+    def read_summary(self) -> dict:
+        """The summary's contents."""
+        return json.loads(self.summary.read_text())
+
+
+def label_cache(source: Path, cache_dir: Path, shape: tuple[int, int], rules: LabelConfig) -> LabelFiles:
+    """The caches of a label map under ``rules`` (see `datamodules.label_rules`), made once per version.
+
+    Two passes over the source: the first counts its values (binary or grey, and on which scale), the second
+    writes the caches band by band.
+    """
+    stamp = source_stamp(source)
+    names = {
+        "ink": cache_dir / f"inklabels.{stamp}.{rules.key}.npy",
+        "levels": cache_dir / f"inklabels.{stamp}.levels.npy",
+        "unknown": cache_dir / f"inklabels.{stamp}.unknown{rules.unknown}.npy",
+        "none": cache_dir / f"inklabels.{stamp}.unknown{rules.unknown}.none",
+        "summary": cache_dir / f"inklabels.{stamp}.json",
+    }
+    if names["ink"].exists() and names["summary"].exists():
+        summary = json.loads(names["summary"].read_text())
+        levels = names["levels"] if summary["kind"] == "grey" else None
+        unknown = names["unknown"] if names["unknown"].exists() else None
+        if (levels is None or levels.exists()) and (rules.unknown is None or unknown or names["none"].exists()):
+            return LabelFiles(names["ink"], levels, unknown, names["summary"])
+    _remove_stale(cache_dir, "inklabels", stamp)
+    with MapReader(source, shape, "ink labels") as reader:
+        counts = np.zeros(2, dtype=np.int64)
+        for _, band in reader.bands():
+            found = _values(band)
+            counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
+            counts[: len(found)] += found
+        values = set(np.flatnonzero(counts).tolist())
+        # The unknown level in the map's own values (None for bilevel maps, which have no third value).
+        raw_unknown = None if rules.unknown is None or reader.full == 1 else rules.unknown * (reader.full // 255)
+        binary = is_binary(values - {raw_unknown}, reader.full)
+        full_count = counts[reader.full] if reader.full < len(counts) else 0
+        partial = 0.0 if binary else 1.0 - float(counts[0] + full_count) / float(counts.sum())
+        summary = {
+            "file": source.name,
+            "storage": reader.description,
+            "kind": "binary" if binary else "grey",
+            "levels": len(values),
+            "partial": float(partial),
+        }
+        any_unknown = False
+
+        def fill(ink: np.ndarray, levels_out: np.ndarray | None, unknown_out: np.ndarray | None) -> None:
+            nonlocal any_unknown
+            for rows, band in reader.bands():
+                levels = to_levels(band, reader.full, binary)
+                hard = levels >= rules.ink_level
+                if raw_unknown is not None:
+                    marked = band == raw_unknown
+                    hard &= ~marked
+                    if unknown_out is not None:
+                        unknown_out[rows] = marked
+                    any_unknown = any_unknown or bool(marked.any())
+                ink[rows] = hard
+                if levels_out is not None:
+                    levels_out[rows] = levels
+
+        _write_all(names, shape, binary, rules.unknown is not None, fill)
+    if rules.unknown is not None and not any_unknown:
+        names["unknown"].unlink(missing_ok=True)
+        names["none"].touch()
+    atomic_write_text(names["summary"], json.dumps(summary))
+    return LabelFiles(
+        names["ink"], None if binary else names["levels"], names["unknown"] if any_unknown else None, names["summary"]
+    )
+
+
+def _write_all(names: dict[str, Path], shape: tuple[int, int], binary: bool, unknown: bool, fill: Callable) -> None:
+    """Writes the label caches in one pass: each into a temporary memory map, all renamed when complete."""
+    cache_dir = names["ink"].parent
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {"ink": "bool"}
+    if not binary:
+        wanted["levels"] = "uint8"
+    if unknown:
+        wanted["unknown"] = "bool"
+    temps = {k: cache_dir / f".{names[k].name}.{secrets.token_hex(6)}{TMP_SUFFIX}" for k in wanted}
+    try:
+        maps = {k: np.lib.format.open_memmap(temps[k], mode="w+", dtype=d, shape=shape) for k, d in wanted.items()}
+        fill(maps["ink"], maps.get("levels"), maps.get("unknown"))
+        for array in maps.values():
+            array.flush()
+        del maps
+        for key in wanted:
+            os.replace(temps[key], names[key])
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+
+
+def excluded_cache(
+    cache_dir: Path, shape: tuple[int, int], included: Sequence[Path], excluded: Sequence[Path]
+) -> Path | None:
+    """The bool cache of pixels no loss or score counts: set in any ``excluded`` map or unset in any ``included``.
+
+    Built band by band from other caches (ignore map, unknown labels; supervision map). A ``.none`` marker records
+    that these sources exclude nothing, so they are not combined again.
 
     Returns:
-        The cache file, a bool ``[H, W]`` array, or None when no pixel is ignored.
-
-    Raises:
-        ValueError: see `read_binary_png`.
+        The cache, or None when nothing is excluded.
     """
-    sources = [p for p in (label_path, ignore_path) if p.exists()]
-    if not sources:
+    if not included and not excluded:
         return None
-    stamp = "-".join(source_stamp(p) for p in sources)
-    target = cache_dir / f"ignore.{stamp}.npy"
-    none_marker = cache_dir / f"ignore.{stamp}.none"
+    parts = [f"+{p.stem}" for p in included] + [f"-{p.stem}" for p in excluded]
+    stamp = hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+    target = cache_dir / f"excluded.{stamp}.npy"
+    none_marker = cache_dir / f"excluded.{stamp}.none"
     if none_marker.exists():
         return None
     if target.exists():
         return target
-    labels = MapReader(label_path, shape, "ink labels") if label_path.exists() else None
-    ignore = MapReader(ignore_path, shape, "ignore mask") if ignore_path.exists() else None
-    readers = [r for r in (labels, ignore) if r is not None]
+    _remove_stale(cache_dir, "excluded", stamp)
+    sources_in = [np.load(p, mmap_mode="r") for p in included]
+    sources_out = [np.load(p, mmap_mode="r") for p in excluded]
 
     def fill(out: np.ndarray) -> bool:
-        seen: set[int] = set()
         anything = False
-        for rows, bands in _bands(readers):
+        for start in range(0, shape[0], _BAND_ROWS):
+            rows = slice(start, min(start + _BAND_ROWS, shape[0]))
             band = np.zeros((rows.stop - rows.start, shape[1]), dtype=bool)
-            if labels is not None and bands[0].dtype != bool:
-                band |= bands[0] == UNKNOWN_LABEL
-            if ignore is not None:
-                seen |= _values(bands[-1])
-                _check_binary(seen, ignore.path, "ignore mask", None)
-                band |= _to_bool(bands[-1], None)
+            for source in sources_in:
+                band |= ~source[rows]
+            for source in sources_out:
+                band |= source[rows]
             out[rows] = band
             anything = anything or bool(band.any())
         return anything
 
-    if _write_bool_npy(target, shape, fill, stale="ignore.*", keep_empty=False):
+    if _write_npy(target, shape, "bool", fill, keep_empty=False):
         return target
-    for old in cache_dir.glob("ignore.*"):
-        old.unlink(missing_ok=True)
     none_marker.touch()
     return None
 

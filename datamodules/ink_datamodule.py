@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from datamodules.batch_augment import augment_batch
 from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
 from datamodules.demo_folder import check_demo_folder, has_fragments
-from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, discover_fragments
+from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment
 from datamodules.intensity import check_normalization, intensity_range
+from datamodules.label_rules import LabelConfig
 from datamodules.layer_window import AUTO, LayerWindow, check_depth_settings, listed_reversed, open_fragment
+from datamodules.layouts import discover_sources, is_manifest
 from datamodules.loaders import default_workers, make_loader
 from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler, check_ink_ratio
 from datamodules.synthetic import make_demo_data
@@ -28,7 +30,7 @@ from modules.band_plan import PredictionLayout
 from utils.checks import check_int
 
 # Checkpoints hold the data module's hyperparameters; Lightning loads them with torch's weights-only unpickler.
-torch.serialization.add_safe_globals([AugmentConfig])
+torch.serialization.add_safe_globals([AugmentConfig, LabelConfig])
 
 _STAGE_SPLIT = {"fit": "val", "validate": "val", "val": "val", "test": "test", "predict": "predict"}
 
@@ -37,8 +39,10 @@ class InkDataModule(pl.LightningDataModule):
     """Tiles of fragment volumes, read window by window from memory-mapped slices.
 
     Args:
-        data_dir: folder of fragment folders (see README for the layout).
-        train_fragments: fragment folder names to train on; default: all not held out whole.
+        data_dir: folder of fragment folders (the layouts of `datamodules.layouts`), or a manifest file
+            (``.yaml``/``.json``) naming each fragment's files.
+        train_fragments: fragment ids to train on; default: all not held out whole. Ids are strings; numbers
+            (``[20230530164535]``) are read as their digits.
         val_fragments: fragments to validate on. A fragment also in ``train_fragments`` is split by region.
         test_fragments: fragments to test on (same rule).
         predict_fragments: fragments to predict; default: every fragment in ``predict_dir``.
@@ -70,6 +74,9 @@ class InkDataModule(pl.LightningDataModule):
         persistent_workers: keep the workers alive between epochs and across validations.
         prefetch_factor: batches each worker prepares ahead.
         augment: training augmentation settings.
+        labels: how label maps are read: ``threshold`` (ink at or above this fraction of full scale), ``soft``
+            (train on grey levels / 255), ``unknown`` (a level left out of loss and scores); see
+            `datamodules.label_rules`.
         cache_dir: where compressed or tiled slices are converted to; default ``<fragment>/.ink_cache``.
         chunk_cache_mb: MiB of decoded zarr chunks each process (main, every worker) keeps, least recently used
             evicted; unused for TIFF fragments.
@@ -87,14 +94,14 @@ class InkDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/demo",
-        train_fragments: list[str] | None = None,
-        val_fragments: list[str] | None = None,
-        test_fragments: list[str] | None = None,
-        predict_fragments: list[str] | None = None,
+        train_fragments: list[str | int] | None = None,
+        val_fragments: list[str | int] | None = None,
+        test_fragments: list[str | int] | None = None,
+        predict_fragments: list[str | int] | None = None,
         predict_dir: str | None = None,
         z_start: int = DEFAULT_Z_START,
         z_end: int = DEFAULT_Z_END,
-        reverse_depth: list[str] | str | None = None,
+        reverse_depth: list[str | int] | str | None = None,
         z_window: str = "fixed",
         tile_size: int = 256,
         stride: int | None = None,
@@ -114,6 +121,7 @@ class InkDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
         augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - a frozen default, copied below
+        labels: LabelConfig = LabelConfig(),  # noqa: B008 - frozen
         cache_dir: str | None = None,
         chunk_cache_mb: int = DEFAULT_CHUNK_CACHE_MB,
         normalization: str = "fragment",
@@ -125,6 +133,15 @@ class InkDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        # Segment ids are strings however typed (20230530164535 in YAML or on the command line is a number);
+        # normalised before save_hyperparameters, so checkpoints and configs hold strings.
+        train_fragments, val_fragments, test_fragments, predict_fragments = (
+            fragment_ids(ids) for ids in (train_fragments, val_fragments, test_fragments, predict_fragments)
+        )
+        if not isinstance(reverse_depth, str):
+            reverse_depth = fragment_ids(reverse_depth)
+        if not isinstance(labels, LabelConfig):
+            raise ValueError(f"labels must be a LabelConfig, got {type(labels).__name__}")
         _check_positive(tile_size=tile_size, batch_size=batch_size, samples_per_epoch=samples_per_epoch)
         if z_start < 0 or z_end <= z_start:
             raise ValueError(f"z_start={z_start}, z_end={z_end}: need 0 <= z_start < z_end")
@@ -140,7 +157,16 @@ class InkDataModule(pl.LightningDataModule):
         self.eval_stride = eval_stride or max(1, tile_size // 4)
         _check_positive(stride=self.stride, eval_stride=self.eval_stride)
         self.save_hyperparameters()
+        # LightningCLI hands save_hyperparameters the values as parsed: store the ids as strings here too.
+        self.hparams.update(
+            train_fragments=train_fragments,
+            val_fragments=val_fragments,
+            test_fragments=test_fragments,
+            predict_fragments=predict_fragments,
+            reverse_depth=reverse_depth,
+        )
         self.augment = dataclasses.replace(augment)
+        self.labels = labels
         self.data_dir = Path(data_dir)
         self._fragments: list[Fragment] = []
         self._splits: dict[str, TileSet] = {}
@@ -165,7 +191,7 @@ class InkDataModule(pl.LightningDataModule):
         hp = self.hparams
         predicting = self.trainer is not None and self.trainer.state.fn == "predict"
         folder = Path(hp.predict_dir) if predicting and hp.predict_dir else self.data_dir
-        if hp.demo and folder == self.data_dir and not has_fragments(self.data_dir):
+        if hp.demo and folder == self.data_dir and not is_manifest(folder) and not has_fragments(self.data_dir):
             check_demo_folder(self.data_dir, hp.demo_fragments)
             make_demo_data(
                 self.data_dir,
@@ -186,18 +212,22 @@ class InkDataModule(pl.LightningDataModule):
         names: Sequence[str] | None = None,
         check_reverse: bool = False,
     ) -> list[Fragment]:
-        """Opens the fragments of ``folder`` (all, or ``names``); ``check_reverse``: an absent ``reverse_depth`` name
-        is a typo, not a fragment of another folder (a checkpoint's ``reverse_depth`` follows it to other data)."""
+        """Opens the fragments of ``folder`` (a folder or a manifest; all, or ``names``); ``check_reverse``: an absent
+        ``reverse_depth`` name is a typo, not a fragment of another folder (a checkpoint's ``reverse_depth`` follows
+        it to other data)."""
         hp = self.hparams
-        paths = discover_fragments(folder)
+        paths = discover_sources(folder)
         if names is not None:
-            available = {p.name: p for p in paths}
+            available = {p.id: p for p in paths}
             missing = sorted(set(names) - set(available))
             if missing:
                 raise ValueError(f"fragment(s) {missing} not found in '{folder}'; found {sorted(available)}")
             paths = [available[n] for n in names]
+        for sources in paths:
+            for note in sources.notes:
+                rank_zero_info(f"fragment '{sources.id}': {note}")
         reversed_names = listed_reversed(hp.reverse_depth)
-        unknown = reversed_names - {p.name for p in paths}
+        unknown = reversed_names - {p.id for p in paths}
         if unknown and check_reverse:
             raise ValueError(f"reverse_depth names unknown fragment(s) {sorted(unknown)} in '{folder}'")
         fragments = [
@@ -206,11 +236,12 @@ class InkDataModule(pl.LightningDataModule):
                 z_start=hp.z_start,
                 z_end=hp.z_end,
                 z_window=hp.z_window,
-                reverse_depth=AUTO if hp.reverse_depth == AUTO else p.name in reversed_names,
+                reverse_depth=AUTO if hp.reverse_depth == AUTO else p.id in reversed_names,
                 cache_dir=hp.cache_dir,
                 chunk_cache_mb=hp.chunk_cache_mb,
                 require_labels=require_labels,
                 memo=self._windows,
+                labels=self.labels,
             )
             for p in paths
         ]
@@ -252,6 +283,7 @@ class InkDataModule(pl.LightningDataModule):
             test_fold=hp.test_fold,
             gap=gap,
             tile_size=hp.tile_size,
+            has_validation=[f.validation is not None for f in self._fragments],
         )
         for split, training in (("train", True), ("val", False), ("test", False)):
             self._set_split(split, self._fragments, plans[split], training=training)
@@ -261,9 +293,12 @@ class InkDataModule(pl.LightningDataModule):
         if split != "predict":
             for region in regions:
                 if fragments[region.fragment].labels is None:
+                    fragment = fragments[region.fragment]
                     raise FileNotFoundError(
-                        f"fragment '{fragments[region.fragment].id}' is in the {split} split but has no inklabels.png"
+                        f"fragment '{fragment.id}' is in the {split} split but has no inklabels.png (nor "
+                        f"{fragment.id}_inklabels[_vN].png/.tif/.tiff/.zarr) in '{fragment.path}', nor a manifest entry"
                     )
+        predicting = split == "predict"  # prediction covers the whole mask, trusted labels or not
         parts = [
             region_tiles(
                 region,
@@ -272,6 +307,8 @@ class InkDataModule(pl.LightningDataModule):
                 tile_size=hp.tile_size,
                 stride=self.stride if training else self.eval_stride,
                 min_valid_fraction=hp.min_valid_fraction if training else 0.0,
+                supervision=None if predicting else fragments[region.fragment].supervision,
+                validation=None if predicting else fragments[region.fragment].validation,
             )
             for region in regions
         ]
@@ -363,6 +400,7 @@ class InkDataModule(pl.LightningDataModule):
             depth_margin=augment.depth_shift if augment is not None else 0,
             jitter=self.stride // 2 if training and hp.jitter else 0,
             with_labels=split != "predict",
+            soft_labels=training and self.labels.soft,
         )
 
     def _loader(self, dataset: TileDataset, sampler: object, batch_size: int) -> DataLoader:
@@ -413,6 +451,24 @@ class InkDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
+
+
+def fragment_ids(ids: Sequence[str | int] | None) -> list[str] | None:
+    """Fragment ids as strings (numeric segment ids arrive as numbers from YAML and the command line).
+
+    Raises:
+        ValueError: an id that is neither a string nor an integer (a float would have lost digits).
+    """
+    if ids is None:
+        return None
+    if isinstance(ids, (str, int)):
+        ids = [ids]
+    out = []
+    for value in ids:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError(f"fragment id {value!r} must be a string or an integer (quote it)")
+        out.append(str(value))
+    return out
 
 
 def _check_positive(**settings: int) -> None:

@@ -16,7 +16,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
 from datamodules.depth_profile import SurfaceEstimate, depth_profile, detect_surface
-from datamodules.fragment import Fragment
+from datamodules.fragment import Fragment, FragmentSources
+from datamodules.label_rules import LabelConfig
 
 AUTO = "auto"
 Z_WINDOWS = ("fixed", AUTO)
@@ -56,7 +57,7 @@ class LayerWindow:
 
 
 def choose_window(
-    path: Path,
+    path: Path | FragmentSources,
     *,
     z_start: int,
     z_end: int,
@@ -67,7 +68,7 @@ def choose_window(
     """The window and depth order of the fragment at ``path`` (see the module docstring).
 
     Args:
-        path: the fragment folder.
+        path: the fragment folder, or its files.
         z_start: the configured window start; with ``z_window="auto"`` only ``z_end - z_start`` counts.
         z_end: the configured window end.
         z_window: ``"fixed"`` or ``"auto"``.
@@ -104,7 +105,7 @@ def choose_window(
 
 
 def open_fragment(
-    path: Path,
+    path: Path | FragmentSources,
     *,
     z_start: int,
     z_end: int,
@@ -114,12 +115,14 @@ def open_fragment(
     require_labels: bool,
     memo: dict[Path, LayerWindow] | None = None,
     chunk_cache_mb: int = DEFAULT_CHUNK_CACHE_MB,
+    labels: LabelConfig | None = None,
 ) -> Fragment:
     """Opens a fragment with the window and depth order `choose_window` gives, logging them when detected.
 
     ``memo`` keeps the choice per folder, so that ``prepare_data`` and ``setup`` read each profile once.
     """
-    key = Path(path).resolve()
+    key = (path.volume if isinstance(path, FragmentSources) else Path(path)).resolve()
+    name = path.id if isinstance(path, FragmentSources) else Path(path).name
     window = memo.get(key) if memo is not None else None
     if window is None:
         window = choose_window(
@@ -129,7 +132,7 @@ def open_fragment(
             est = window.estimate
             order = "reversed" if window.reverse_depth else "stored"
             rank_zero_info(
-                f"fragment '{Path(path).name}': {est.layers} layers, surface at layer {est.surface:.1f} "
+                f"fragment '{name}': {est.layers} layers, surface at layer {est.surface:.1f} "
                 f"({'reversed' if est.reversed else 'normal'} order), window [{window.z_start}, {window.z_end}) "
                 f"in {order} order"
             )
@@ -143,4 +146,5 @@ def open_fragment(
         cache_dir=cache_dir,
         require_labels=require_labels,
         chunk_cache_mb=chunk_cache_mb,
+        labels=labels,
     )

@@ -14,7 +14,7 @@ import numpy as np
 import tifffile
 
 from datamodules.fragment import SLICE_DIRS, find_volume_dir, list_slices
-from datamodules.fragment_maps import read_binary_png
+from datamodules.fragment_maps import read_binary_map
 
 _HISTOGRAM_ROWS = 1024  # row band of the level histograms, to bound memory on large slices
 _FLOAT_LEVELS = 4096
@@ -25,7 +25,7 @@ def best_single_slice_f05(fragment_dir: str | Path, z_range: tuple[int, int] | N
 
     Every slice in ``z_range`` (file indices ``[start, end)``; default all) is read on its own, and every
     threshold is tried in both polarities (ink brighter than it, or darker). Integer slices are swept exactly
-    over all their values; float slices over 4096 levels. Label pixels marked unknown (127) count as no ink.
+    over all their values; float slices over 4096 levels.
 
     Args:
         fragment_dir: a fragment folder with ``surface_volume/`` or ``layers/``, ``inklabels.png`` and
@@ -55,9 +55,9 @@ def best_single_slice_f05(fragment_dir: str | Path, z_range: tuple[int, int] | N
         raise FileNotFoundError(f"'{labels_path}' not found: the bound needs ink labels")
     with tifffile.TiffFile(slices[start]) as tif:
         shape = tuple(int(s) for s in tif.series[0].shape)
-    labels = read_binary_png(labels_path, shape, "ink labels", unknown=127)
+    labels = read_binary_map(labels_path, shape, "ink labels")
     mask_path = fragment_dir / "mask.png"
-    mask = read_binary_png(mask_path, shape, "mask") if mask_path.is_file() else np.ones_like(labels)
+    mask = read_binary_map(mask_path, shape, "mask") if mask_path.is_file() else np.ones_like(labels)
     positives = int(np.count_nonzero(labels & mask))
     if positives == 0:
         return 0.0

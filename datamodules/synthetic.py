@@ -27,6 +27,7 @@ from datamodules.synthetic_generator import (
     SyntheticVolume,
     check_volume_args,
 )
+from datamodules.synthetic_maps import check_map_args, remove_maps, write_maps
 from datamodules.zarr_writer import ZARR_FORMATS, write_zarr_volume
 from utils.atomic import TMP_SUFFIX, atomic_path
 from utils.checks import check_int
@@ -67,6 +68,9 @@ def make_fragment(
     volume_format: str = "tiff",
     zarr_format: int = 3,
     chunks: tuple[int, int, int] | None = None,
+    map_layout: str = "kaggle",
+    label_style: str = "binary",
+    label_suffix: str = ".png",
 ) -> Path:
     """Writes one synthetic fragment folder at ``root`` (``root`` IS the fragment folder) and returns it.
 
@@ -98,6 +102,12 @@ def make_fragment(
             written one chunk-depth slab at a time and renamed into place when complete.
         zarr_format: 2 or 3 (zarr formats only).
         chunks: zarr chunk shape ``(z, y, x)``; default ``(8, 128, 128)`` (see `datamodules.zarr_writer`).
+        map_layout: how the maps are named: ``kaggle`` (``mask.png``, ``inklabels.png``), ``segment``
+            (``<id>_mask.png``, ``<id>_inklabels…``) or ``monorepo`` (versioned labels, supervision and validation
+            masks); see `datamodules.synthetic_maps`.
+        label_style: how the labels are stored: ``binary``, ``grey`` (anti-aliased), ``palette``, ``rgba``,
+            ``grey-alpha`` or ``16-bit``.
+        label_suffix: the labels' format: ``.png``, ``.tif`` (strips), ``.tiff`` (tiles) or ``.zarr``.
 
     Returns:
         The fragment folder.
@@ -107,6 +117,7 @@ def make_fragment(
             ``root`` already holds another volume (another slice folder, a ``.zarr`` or a ``.url``).
     """
     check_volume_args(height, width, depth, seed, dtype, surface_z, ink_contrast)
+    check_map_args(map_layout, label_style, label_suffix)
     if compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
     if not layers_dirname or Path(layers_dirname).name != layers_dirname or layers_dirname in (".", ".."):
@@ -133,9 +144,8 @@ def make_fragment(
                     "one fragment: use an empty folder"
                 )
     (root if zarr else volume_dir).mkdir(parents=True, exist_ok=True)
-    # The PNGs go first and come back last, so a folder holding mask.png never mixes old and new slices.
-    for name in _PNG_NAMES:
-        (root / name).unlink(missing_ok=True)
+    # The maps go first and come back last, so a folder holding its mask never mixes old and new slices.
+    remove_maps(root)
     if not zarr:
         _remove_stale(volume_dir, depth)
 
@@ -165,10 +175,8 @@ def make_fragment(
     del slice_buf
 
     write_png(root / "ir.png", volume.infrared())
-    if with_labels:
-        write_png(root / "inklabels.png", volume.labels.astype(np.uint8) * 255)
-    if with_mask:
-        write_png(root / "mask.png", volume.mask.astype(np.uint8) * 255)
+    labels, mask = (volume.labels if with_labels else None), (volume.mask if with_mask else None)
+    write_maps(root, labels, mask, layout=map_layout, style=label_style, suffix=label_suffix)
     return root
 
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.fragment import Fragment
-from datamodules.tiling import TileSet, jitter_windows
+from datamodules.tiling import SCOPE_INSIDE, SCOPE_OUTSIDE, TileSet, jitter_windows
 from datamodules.transforms import TileTransform, normalise
 from utils.layout import to_channels_first
 
@@ -30,6 +30,7 @@ class TileDataset(Dataset):
             fewer (the same on both sides) where the window is closer than that to an end of the volume.
         jitter: the window moves by up to ±jitter px each time it is drawn (training only).
         with_labels: include ``label`` (False for prediction).
+        soft_labels: labels are grey levels / 255 where the fragment's labels are grey (binary ones stay 0/1).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class TileDataset(Dataset):
         depth_margin: int = 0,
         jitter: int = 0,
         with_labels: bool = True,
+        soft_labels: bool = False,
     ) -> None:
         self.fragments = list(fragments)
         self.tiles = tiles
@@ -50,6 +52,7 @@ class TileDataset(Dataset):
         self.depth_margin = depth_margin
         self.jitter = jitter
         self.with_labels = with_labels
+        self.soft_labels = soft_labels
         self.random = transform.train or jitter > 0
 
     def __len__(self) -> int:
@@ -71,9 +74,16 @@ class TileDataset(Dataset):
         z0, z1 = fragment.z_start - margin, fragment.z_end + margin
         valid = fragment.mask[y : y + size, x : x + size].astype(np.float32)
         ignore = fragment.ignore
-        if ignore is not None:  # unknown pixels count neither in the loss nor in the metric
+        if ignore is not None:  # ignored, unknown or unsupervised pixels count neither in the loss nor in the metric
             valid[ignore[y : y + size, x : x + size]] = 0.0
-        if fragment.labels is not None:
+        scope = int(self.tiles.scope[index])
+        if scope in (SCOPE_INSIDE, SCOPE_OUTSIDE):  # the validation mask's pixels validate and never train
+            inside = fragment.validation[y : y + size, x : x + size]
+            valid[~inside if scope == SCOPE_INSIDE else inside] = 0.0
+        levels = fragment.label_levels if self.soft_labels else None
+        if levels is not None:
+            label = levels[y : y + size, x : x + size].astype(np.float32) / 255.0
+        elif fragment.labels is not None:
             label = fragment.labels[y : y + size, x : x + size].astype(np.float32)
         else:
             label = np.zeros((size, size), dtype=np.float32)

@@ -9,7 +9,8 @@ refused in one line by `lightning_app.ckpt_path.check_checkpoint_matches`.
 The data settings come in two kinds:
 
 - `INPUT_KEYS`: what the model's input depends on (slice window, reversed fragments, tile size, normalisation, and
-  the slices read around the window, which the normalisation's percentiles span). Always taken.
+  the slices read around the window, which the normalisation's percentiles span), and what its labels meant (the
+  label threshold and unknown level, so a test scores against the ink the model was trained on). Always taken.
 - `FOLDER_KEYS`: the checkpoint's own data folder and its splits. Taken only when the run reads that same folder:
   fragment names of the training data mean nothing in another one.
 """
@@ -38,6 +39,8 @@ INPUT_KEYS = (
     "intensity_percentiles",
     "augment.enabled",
     "augment.depth_shift",
+    "labels.threshold",
+    "labels.unknown",
 )
 FOLDER_KEYS = (
     "data_dir",

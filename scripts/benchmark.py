@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
         "--predict-memory", action="store_true", help="whole-segment prediction: peak tree memory and px/s, 2 sizes"
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 8192], help="predict-memory: segment sides")
+    parser.add_argument(
+        "--label-memory",
+        action="store_true",
+        help="peak memory of converting a 330 Mpx label map (TIFF, PNG) vs reading it whole",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -352,6 +357,13 @@ def main(argv: list[str] | None = None) -> None:
 
             print(json.dumps(child(**raw)))
             return
+        if args.child == "label":
+            from benchmarks.label_memory import child as label_child
+
+            with PeakMemory() as memory:
+                result = label_child(**raw)
+            print(json.dumps({**result, **_memory(memory)}))
+            return
         kw = {
             k: (Path(v) if k == "data_dir" else v == "True" if v in ("True", "False") else int(v))
             for k, v in raw.items()
@@ -365,11 +377,19 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     results: dict[str, object] = {}
-    chosen = (args.data, args.models, args.quality, args.stitch_memory, args.loader, args.step, args.predict_memory)
+    chosen = (
+        args.data, args.models, args.quality, args.stitch_memory, args.loader, args.step, args.predict_memory,
+        args.label_memory,
+    )  # fmt: skip
     if not any(chosen):
         parser.error(
-            "choose a benchmark: --data, --models, --quality, --stitch-memory, --loader, --step and/or --predict-memory"
+            "choose a benchmark: --data, --models, --quality, --stitch-memory, --loader, --step, --predict-memory "
+            "and/or --label-memory"
         )
+    if args.label_memory:
+        from benchmarks.label_memory import label_memory_benchmark
+
+        results["label_memory"] = label_memory_benchmark(Path(args.work_dir) / "labels")
     if args.predict_memory:
         from benchmarks.predict_memory import predict_memory_benchmark
 

@@ -22,6 +22,7 @@ from datamodules.synthetic import (  # noqa: E402
     make_demo_data,
     make_fragment,
 )
+from datamodules.synthetic_maps import LABEL_STYLES, LABEL_SUFFIXES, MAP_LAYOUTS  # noqa: E402
 
 
 def _chunks(text: str) -> tuple[int, int, int]:
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, type=Path, help="folder that receives the fragment folders")
     parser.add_argument("--num-fragments", type=int, default=1, help="number of fragments, named frag1, frag2, …")
+    parser.add_argument(
+        "--names",
+        type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+        default=None,
+        help="comma-separated fragment folder names (ids such as 20230530164535) in place of frag1, frag2, …; "
+        "their count sets --num-fragments",
+    )
     parser.add_argument("--height", type=int, default=384, help="image height in pixels")
     parser.add_argument("--width", type=int, default=384, help="image width in pixels")
     parser.add_argument("--depth", type=int, default=65, help="slices per fragment")
@@ -82,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-labels", action="store_true", help="do not write inklabels.png (as for prediction)")
     parser.add_argument(
+        "--map-layout",
+        choices=MAP_LAYOUTS,
+        default="kaggle",
+        help="map names: kaggle (mask.png, inklabels.png), segment (<id>_mask.png, <id>_inklabels.*) or monorepo "
+        "(<id>_inklabels_v2.* over an older v1, <id>_supervision_mask.png, <id>_validation_mask.png)",
+    )
+    parser.add_argument(
+        "--label-style",
+        choices=LABEL_STYLES,
+        default="binary",
+        help="label storage: 0/255, anti-aliased grey, palette, RGBA, grey+alpha or 16-bit",
+    )
+    parser.add_argument(
+        "--label-suffix", choices=LABEL_SUFFIXES, default=".png", help="label format (.tiff: tiled TIFF)"
+    )
+    parser.add_argument(
         "--faint",
         action="store_true",
         help="the realistic regime: ink at 0.7x the noise, patchy, loosely labelled, sheet thickness varying",
@@ -92,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Writes the fragments the arguments ask for and returns their folders."""
     args = build_parser().parse_args(argv)
+    if args.names:
+        args.num_fragments = len(args.names)
     if args.num_fragments < 1:
         raise SystemExit(f"--num-fragments must be >= 1, got {args.num_fragments}")
     compression = None if args.compression == "none" else args.compression
@@ -103,6 +129,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         and args.layers_dirname == "surface_volume"
         and not args.no_labels
         and args.format == "tiff"
+        and (args.map_layout, args.label_style, args.label_suffix) == ("kaggle", "binary", ".png")
+        and not args.names
     )
     if args.format == "tiff" and args.chunks is not None:
         raise SystemExit("make_synthetic: --chunks applies to --format zarr or ome-zarr")
@@ -122,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         else:
             paths = [
                 make_fragment(
-                    args.out / f"frag{i}",
+                    args.out / (args.names[i - 1] if args.names else f"frag{i}"),
                     args.height,
                     args.width,
                     depth=args.depth,
@@ -136,6 +164,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     volume_format=args.format,
                     zarr_format=args.zarr_format,
                     chunks=args.chunks,
+                    map_layout=args.map_layout,
+                    label_style=args.label_style,
+                    label_suffix=args.label_suffix,
                     **extra,
                 )
                 for i in range(1, args.num_fragments + 1)

@@ -1,4 +1,4 @@
-"""A fragment's mask and label PNGs: 0/1, 0/255 and RGB accepted; a wrong size or non-binary values named."""
+"""A fragment's mask and label PNGs: 0/1, 0/255 and RGB accepted; a wrong size or a grey mask named."""
 
 from __future__ import annotations
 
@@ -32,10 +32,14 @@ def test_mask_or_labels_of_the_wrong_size(fragment_factory):
         Fragment(folder, z_start=0, z_end=4)
 
 
-def test_labels_that_are_not_binary(fragment_factory):
+def test_grey_labels_are_read_at_half_way_and_a_grey_mask_is_named(fragment_factory):
     folder, *_ = fragment_factory()
     grey = np.zeros((40, 48), np.uint8)
-    grey[0, :3] = [0, 128, 255]
+    grey[0, :4] = [0, 127, 128, 255]
     Image.fromarray(grey).save(folder / "inklabels.png")
-    with pytest.raises(ValueError, match=r"inklabels\.png' is not binary: values \[0, 128, 255\]"):
+    fragment = Fragment(folder, z_start=0, z_end=4)
+    assert fragment.labels[0, :4].tolist() == [False, False, True, True]
+    assert fragment.label_summary["kind"] == "grey" and fragment.label_levels[0, 1] == 127
+    Image.fromarray(grey).save(folder / "mask.png")
+    with pytest.raises(ValueError, match=r"mask '.*mask\.png' is not binary: values \[0, 127, 128, 255\]"):
         Fragment(folder, z_start=0, z_end=4)

@@ -17,6 +17,7 @@ from datamodules.chunk_cache import ChunkCache, process_cache
 from datamodules.fragment import Fragment, discover_fragments
 from datamodules.ink_datamodule import InkDataModule
 from datamodules.intensity import intensity_range
+from datamodules.label_rules import LabelConfig
 from datamodules.synthetic import make_fragment
 from datamodules.transforms import AugmentConfig
 from datamodules.zarr_writer import write_zarr_map, write_zarr_volume
@@ -210,17 +211,19 @@ def test_zarr_labels_follow_the_png_rules(tmp_path, source):
     folder = _zarr_fragment(tmp_path / "z" / "f", volume, mask, labels > 0, "zarr2")
     write_zarr_map(folder / "inklabels.zarr", labels, chunks=(16, 64))  # replaces it, bands of 16 rows
     write_zarr_map(folder / "mask.zarr", mask)  # a bool mask is binary too
-    fragment = Fragment(folder, z_start=0, z_end=4)
+    rules = LabelConfig(unknown=127)
+    fragment = Fragment(folder, z_start=0, z_end=4, labels=rules)
     assert fragment.labels.sum() == 15 * 15 and not fragment.labels[35, 35]
     assert fragment.ignore is not None and fragment.ignore.sum() == 100 and fragment.ignore[35, 35]
     np.testing.assert_array_equal(fragment.mask, mask)
-    cached = sorted(p.name for p in (folder / ".ink_cache").glob("*.npy"))
-    assert Fragment(folder, z_start=0, z_end=4)._labels_file == fragment._labels_file  # reused, not rebuilt
+    cached = sorted(p.name for p in (folder / ".ink_cache").glob("*.npy"))  # mask, ink, unknown, excluded
+    again = Fragment(folder, z_start=0, z_end=4, labels=rules)
+    assert again._label_files == fragment._label_files  # reused, not rebuilt
     labels[0, 0] = 255
     write_zarr_map(folder / "inklabels.zarr", np.where(labels == 1, 255, labels).astype(np.uint8))
-    changed = Fragment(folder, z_start=0, z_end=4)
-    assert changed._labels_file != fragment._labels_file and changed.labels[0, 0]  # a new version, a new cache
-    assert len(list((folder / ".ink_cache").glob("inklabels.*.npy"))) == 1 and len(cached) == 3
+    changed = Fragment(folder, z_start=0, z_end=4, labels=rules)
+    assert changed._label_files.ink != fragment._label_files.ink and changed.labels[0, 0]  # a new version
+    assert len(list((folder / ".ink_cache").glob("inklabels.*.npy"))) == 2 and len(cached) == 4
 
 
 # ------------------------------------------------------------------------------------------ synthetic writer
@@ -272,12 +275,12 @@ def _bad(tmp_path: Path, case: str) -> Path:
         zarr.create_array(str(volume), shape=(2, 8, 8), dtype="float32")
     elif case == "group without multiscales":
         zarr.open_group(str(volume), mode="w").create_array("0", shape=(2, 8, 8), dtype="uint8")
-    elif case in ("mask size", "labels values", "two masks", "two volumes"):
+    elif case in ("mask size", "mask values", "two masks", "two volumes"):
         write_zarr_volume(volume, iter(np.zeros((2, 8, 8), np.uint8)), (2, 8, 8), "uint8")
         if case == "mask size":
             write_zarr_map(folder / "mask.zarr", np.ones((8, 9), bool))
-        elif case == "labels values":
-            write_zarr_map(folder / "inklabels.zarr", np.arange(64, dtype=np.uint8).reshape(8, 8))
+        elif case == "mask values":
+            write_zarr_map(folder / "mask.zarr", np.arange(64, dtype=np.uint8).reshape(8, 8))
         elif case == "two masks":
             write_zarr_map(folder / "mask.zarr", np.ones((8, 8), bool))
             Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "mask.png")
@@ -298,7 +301,7 @@ def _bad(tmp_path: Path, case: str) -> Path:
         ("float volume", ValueError, r"surface_volume\.zarr' has dtype float32; expected uint8 or uint16"),
         ("group without multiscales", ValueError, r"surface_volume\.zarr' is a zarr group without OME 'multiscales'"),
         ("mask size", ValueError, r"mask '.*mask\.zarr' is 9x8 \(W x H\) but the volume's slices are 8x8"),
-        ("labels values", ValueError, r"inklabels\.zarr' is not binary: values \[0, 1, 2"),
+        ("mask values", ValueError, r"mask '.*mask\.zarr' is not binary: values \[0, 1, 2"),
         ("two masks", ValueError, r"holds both mask\.png and mask\.zarr"),
         ("two volumes", ValueError, r"holds 2 volumes \(surface_volume, surface_volume\.zarr\)"),
         ("bad url file", ValueError, r"surface_volume\.url' must hold one fsspec URL"),
