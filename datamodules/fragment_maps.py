@@ -47,11 +47,11 @@ def source_stamp(path: Path) -> str:
     return f"{name}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def _values(band: np.ndarray) -> np.ndarray:
-    """Counts of each value of a band (bool, uint8 or uint16): counting levels is far faster than sorting."""
-    if band.dtype == bool:
-        band = band.view(np.uint8)
-    return np.bincount(band.ravel(), minlength=2)
+def _count_values(counts: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """``counts`` (by value) with a band's values added; counting levels is far faster than sorting them."""
+    found = np.bincount(band.view(np.uint8).ravel() if band.dtype == bool else band.ravel(), minlength=len(counts))
+    found[: len(counts)] += counts
+    return found
 
 
 def _check_binary(counts: np.ndarray, full: int, path: Path, what: str) -> None:
@@ -70,7 +70,7 @@ def read_binary_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray
     with MapReader(path, shape, what) as reader:
         out = np.empty(shape, dtype=bool)
         for rows, band in reader.bands():
-            _check_binary(_values(band), reader.full, path, what)
+            _check_binary(_count_values(np.zeros(2, np.int64), band), reader.full, path, what)
             out[rows] = band > 0
     return out
 
@@ -120,9 +120,7 @@ def binary_cache(source: Path, cache_dir: Path, shape: tuple[int, int], role: st
         def fill(out: np.ndarray) -> bool:
             counts = np.zeros(2, dtype=np.int64)
             for rows, band in reader.bands():
-                found = _values(band)
-                counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
-                counts[: len(found)] += found
+                counts = _count_values(counts, band)
                 _check_binary(counts, reader.full, source, what)  # fails at the first band that breaks the rules
                 out[rows] = band > 0
             return True
@@ -178,9 +176,7 @@ def label_cache(source: Path, cache_dir: Path, shape: tuple[int, int], rules: La
     with MapReader(source, shape, "ink labels") as reader:
         counts = np.zeros(2, dtype=np.int64)
         for _, band in reader.bands():
-            found = _values(band)
-            counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
-            counts[: len(found)] += found
+            counts = _count_values(counts, band)
         values = set(np.flatnonzero(counts).tolist())
         # The unknown level in the map's own values (None for bilevel maps, which have no third value).
         raw_unknown = None if rules.unknown is None or reader.full == 1 else rules.unknown * (reader.full // 255)

@@ -17,6 +17,7 @@ validation      ``validation_mask``, ``<id>_validation_mask[_v<N>]``: the region
                 (it never trains)
 ==============  =====================================================================================
 
+A folder named ``<id>_<anything>`` (the Grand Prize code's ``<id>_superseded``) also finds files named for ``<id>``.
 Versions follow the challenge's monorepo: a name without ``_v<N>`` is version 1 and the highest version of each
 role wins on its own (the choice is noted). Two names of one role that are not versions of each other
 (``mask.png`` and ``<id>_mask.png``), or two files of one version (``x_inklabels.png`` and ``x_inklabels.tif``),
@@ -126,7 +127,8 @@ def find_maps(fragment_dir: Path, fragment_id: str | None = None) -> tuple[dict[
             if not match:
                 continue
             prefix, version = match.group("prefix"), match.group("version")
-            if prefix is not None and prefix != fragment_id:
+            # "<id>_superseded" and other suffixed folders keep the segment's own file names (the Grand Prize code).
+            if prefix is not None and prefix != fragment_id and not fragment_id.startswith(f"{prefix}_"):
                 # "x_supervision_mask" also matches "mask", and "x_flat_mask" is a derived image: not this role
                 if "_" not in prefix and prefix.lower() not in ("supervision", "validation"):
                     notes.append(f"{role}: '{name}' names another id than '{fragment_id}': not used")

@@ -87,7 +87,11 @@ def inspect_fragment(
         shape = [fragment.depth, fragment.height, fragment.width]
         report.update(layers=fragment.depth, dtype=np.dtype(fragment.dtype).name, shape=shape)
         if fragment.labels is not None:
-            report["labels"] = {**fragment.label_summary, "ink_fraction": round(ink_fraction(fragment), 5)}
+            report["labels"] = {
+                **fragment.label_summary,
+                "threshold": fragment.label_rules.threshold,
+                "ink_fraction": round(ink_fraction(fragment), 5),
+            }
         profile = depth_profile(fragment)
         estimate = detect_surface(profile)
         report.update(surface=round(estimate.surface, 2), reversed=estimate.reversed)
@@ -131,7 +135,8 @@ def format_files(report: dict[str, Any]) -> str:
             info = report["labels"]
             detail = "binary" if info["kind"] == "binary" else f"grey: {info['levels']} levels, "
             detail += "" if info["kind"] == "binary" else f"{100 * info['partial']:.2f} % of pixels partial"
-            line += f": {info['storage']}, {detail}; ink {100 * info['ink_fraction']:.2f} % of the labelled papyrus"
+            ink = f"ink {100 * info['ink_fraction']:.2f} % of the labelled papyrus at >= {100 * info['threshold']:g} %"
+            line += f": {info['storage']}, {detail}; {ink}"
         lines.append(line)
     if files["inklabels"] is None:
         lines.append("  inklabels    none (can be predicted, not trained or scored)")
@@ -194,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(reports, indent=2))
         else:
-            print("\n\n".join(format_files(r) for r in reports) + "\n")
-            print(format_table(reports, args.depth))
+            print(format_table(reports, args.depth) + "\n")
+            print("\n\n".join(format_files(r) for r in reports))
         if args.plot is not None:
             print(f"profiles drawn in {write_plot(args.plot, reports, profiles, args.depth)}", file=sys.stderr)
     except USER_ERRORS as err:

@@ -95,3 +95,23 @@ def test_bad_arguments_fail_in_one_line(data_dir, capsys, args, message):
 def test_a_folder_without_fragments_fails_in_one_line(tmp_path, capsys):
     code, _, err = run(capsys, str(tmp_path))
     assert code == 1 and "no fragment found" in err
+
+
+def test_it_says_which_files_each_segment_will_use(tmp_path, capsys):
+    data = tmp_path / "segments"
+    common = {"depth": 21, "layers_dirname": "layers"}
+    make_fragment(data / "20230530164535", 64, 48, map_layout="segment", label_style="grey", **common)
+    make_fragment(data / "20231106155351", 64, 48, map_layout="monorepo", label_suffix=".tiff", **common)
+    make_fragment(data / "20231210132040", 64, 48, with_mask=False, with_labels=False, **common)
+    code, out, _ = run(capsys, str(data), "--depth", "12")
+    assert code == 0
+    assert "inklabels    20230530164535_inklabels.png: png grey 8-bit, grey:" in out
+    assert "note         inklabels: 20231106155351_inklabels_v2.tiff (newest of v1, v2)" in out
+    assert "validation   20231106155351_validation_mask.png" in out
+    assert "mask         no mask: every pixel counts as papyrus" in out
+    code, out, _ = run(capsys, str(data), "--json", "--depth", "12", "--label-threshold", "0.9")
+    reports = {r["id"]: r for r in json.loads(out)}
+    grey = reports["20230530164535"]["labels"]
+    assert grey["kind"] == "grey" and grey["threshold"] == 0.9 and 0 < grey["ink_fraction"] < 1
+    assert reports["20231106155351"]["files"]["supervision"] == "20231106155351_supervision_mask.png"
+    assert reports["20231210132040"]["files"]["mask"] is None and reports["20231210132040"]["labels"] is None

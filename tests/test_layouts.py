@@ -70,6 +70,14 @@ def test_versions_count_numerically_and_other_names_are_not_taken(tmp_path: Path
     assert any("newest of v1, v2, v10" in note for note in notes)
 
 
+def test_a_suffixed_folder_finds_the_files_of_its_segment(tmp_path: Path) -> None:
+    folder = _segment(tmp_path, name=f"{SEGMENT}_superseded")
+    _png(folder / f"{SEGMENT}_inklabels.png", np.full((24, 20), 255))
+    _png(folder / f"{SEGMENT}_mask.png", np.full((24, 20), 255))
+    sources = find_sources(folder)
+    assert sources.id == f"{SEGMENT}_superseded" and set(sources.maps) == {"inklabels", "mask"}
+
+
 @pytest.mark.parametrize(
     ("names", "message"),
     [

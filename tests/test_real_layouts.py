@@ -7,6 +7,7 @@ supervision and validation masks.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +89,15 @@ def test_numeric_ids_in_a_yaml_config_are_strings(tmp_path: Path) -> None:
     assert datamodule.hparams.train_fragments == [TRAIN] and datamodule.hparams.val_fragments == [HELD]
 
 
-def test_supervision_and_validation_masks_decide_what_trains_and_what_validates(tmp_path: Path) -> None:
+def test_supervision_and_validation_masks_decide_what_trains_and_what_validates(tmp_path: Path, caplog) -> None:
     data = tmp_path / "mono"
     make_fragment(data / TRAIN, 128, 96, depth=20, layers_dirname="layers", map_layout="monorepo", label_style="grey")
     fragment = Fragment(data / TRAIN, z_start=4, z_end=16)
     settings = {"tile_size": 32, "z_start": 4, "z_end": 16, "num_workers": 0, "min_valid_fraction": 0.25}
     datamodule = InkDataModule(data_dir=str(data), **settings, eval_stride=16)
-    datamodule.setup("fit")
+    with caplog.at_level(logging.INFO):
+        datamodule.setup("fit")
+    assert f"fragment '{TRAIN}': inklabels: {TRAIN}_inklabels_v2.png (newest of v1, v2)" in caplog.text
     train, val = datamodule.tiles("train"), datamodule.tiles("val")
     assert set(train.scope.tolist()) == {SCOPE_OUTSIDE} and set(val.scope.tolist()) == {SCOPE_INSIDE}
     validation, supervision = np.asarray(fragment.validation), np.asarray(fragment.supervision)
