@@ -74,7 +74,9 @@ class TileDataset(Dataset):
         z0, z1 = fragment.z_start - margin, fragment.z_end + margin
         valid = fragment.mask[y : y + size, x : x + size].astype(np.float32)
         ignore = fragment.ignore
-        if ignore is not None:  # ignored, unknown or unsupervised pixels count neither in the loss nor in the metric
+        # Ignored, unknown or unsupervised pixels count neither in the loss nor in the metric; prediction still
+        # covers them (the whole papyrus is predicted, trusted labels or not).
+        if ignore is not None and self.with_labels:
             valid[ignore[y : y + size, x : x + size]] = 0.0
         scope = int(self.tiles.scope[index])
         if scope in (SCOPE_INSIDE, SCOPE_OUTSIDE):  # the validation mask's pixels validate and never train

@@ -110,6 +110,12 @@ def test_supervision_and_validation_masks_decide_what_trains_and_what_validates(
             scored[y : y + 32, x : x + 32] |= valid > 0
     assert not (scored & ~validation).any() and not (scored & ~supervision).any()  # scored inside both, only
     np.testing.assert_array_equal(scored, validation & supervision & np.asarray(fragment.mask))
+    datamodule.setup("predict")  # prediction covers the whole papyrus, supervised or not
+    predicted = np.zeros_like(validation)
+    for batch in datamodule.predict_dataloader():
+        for (y, x), valid in zip(batch["yx"].tolist(), batch["valid"][:, 0].numpy()):
+            predicted[y : y + 32, x : x + 32] |= valid > 0
+    np.testing.assert_array_equal(predicted, np.asarray(fragment.mask))
     dataset = datamodule._dataset("train", training=False)
     for index in range(len(dataset)):
         item = dataset[index]
