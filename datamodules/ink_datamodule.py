@@ -19,7 +19,7 @@ from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment
 from datamodules.intensity import check_normalization, intensity_range
 from datamodules.label_rules import LabelConfig
 from datamodules.layer_window import AUTO, LayerWindow, check_depth_settings, listed_reversed, open_fragment
-from datamodules.layouts import discover_sources, is_manifest
+from datamodules.layouts import FragmentId, discover_sources, fragment_ids, is_manifest
 from datamodules.loaders import default_workers, make_loader
 from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler, check_ink_ratio
 from datamodules.synthetic import make_demo_data
@@ -94,14 +94,14 @@ class InkDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/demo",
-        train_fragments: list[str | int] | None = None,
-        val_fragments: list[str | int] | None = None,
-        test_fragments: list[str | int] | None = None,
-        predict_fragments: list[str | int] | None = None,
+        train_fragments: list[FragmentId] | None = None,
+        val_fragments: list[FragmentId] | None = None,
+        test_fragments: list[FragmentId] | None = None,
+        predict_fragments: list[FragmentId] | None = None,
         predict_dir: str | None = None,
         z_start: int = DEFAULT_Z_START,
         z_end: int = DEFAULT_Z_END,
-        reverse_depth: list[str | int] | str | None = None,
+        reverse_depth: list[FragmentId] | str | None = None,
         z_window: str = "fixed",
         tile_size: int = 256,
         stride: int | None = None,
@@ -451,24 +451,6 @@ class InkDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
-
-
-def fragment_ids(ids: Sequence[str | int] | None) -> list[str] | None:
-    """Fragment ids as strings (numeric segment ids arrive as numbers from YAML and the command line).
-
-    Raises:
-        ValueError: an id that is neither a string nor an integer (a float would have lost digits).
-    """
-    if ids is None:
-        return None
-    if isinstance(ids, (str, int)):
-        ids = [ids]
-    out = []
-    for value in ids:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ValueError(f"fragment id {value!r} must be a string or an integer (quote it)")
-        out.append(str(value))
-    return out
 
 
 def _check_positive(**settings: int) -> None:

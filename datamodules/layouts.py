@@ -27,16 +27,45 @@ are an error naming both. Anything else is described by a manifest (`read_manife
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from jsonargparse.typing import register_type
 
 from datamodules.map_reader import MAP_SUFFIXES
 from datamodules.volume_tiff import SLICE_DIRS
 
 ROLES = ("mask", "inklabels", "ignore", "supervision", "validation")
+
+
+class FragmentId(str):
+    """A fragment id as the command line and configs type it: segment ids are numbers (``20230530164535``), which
+    YAML reads as integers; this type takes them as their digits, so configs and checkpoints hold strings. (YAML
+    reads a number with leading zeros, ``0123``, as octal: quote such ids.)"""
+
+
+def _fragment_id(value: object) -> FragmentId:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"fragment id {value!r} must be a string or an integer (quote it)")
+    return FragmentId(str(value))
+
+
+register_type(FragmentId, serializer=str, deserializer=_fragment_id)
+
+
+def fragment_ids(ids: Sequence[str | int] | str | int | None) -> list[str] | None:
+    """Fragment ids as plain strings, however they were typed (numbers from Python, YAML or the command line).
+
+    Raises:
+        ValueError: an id that is neither a string nor an integer (a float would have lost digits).
+    """
+    if ids is None:
+        return None
+    return [str(_fragment_id(value)) for value in ([ids] if isinstance(ids, (str, int)) else ids)]
+
+
 _ROLE_STEMS = {
     "mask": "mask",
     "inklabels": "inklabels",

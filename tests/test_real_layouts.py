@@ -16,7 +16,8 @@ import yaml
 from PIL import Image
 
 from datamodules.fragment import Fragment
-from datamodules.ink_datamodule import InkDataModule, fragment_ids
+from datamodules.ink_datamodule import InkDataModule
+from datamodules.layouts import fragment_ids
 from datamodules.synthetic import make_fragment
 from datamodules.tiling import SCOPE_INSIDE, SCOPE_OUTSIDE
 from lightning_app.cli import InkArgumentParser, InkCLI, cli_main
@@ -51,6 +52,8 @@ def test_fit_test_predict_on_grand_prize_segments_with_unquoted_ids(tmp_path: Pa
     assert datamodule.hparams.train_fragments == [TRAIN] and datamodule.hparams.test_fragments == [HELD]
     assert {f.id for f in datamodule.fragments("train")} == {TRAIN, HELD}
     assert fit.trainer.callback_metrics["test/f05"] >= 0.0
+    saved = yaml.safe_load((Path(fit.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["data"]["train_fragments"] == [TRAIN]  # the replayable config holds the id as a string
     best = Path(fit.trainer.checkpoint_callback.best_model_path)
     assert load_checkpoint(best)["datamodule_hyper_parameters"]["train_fragments"] == [TRAIN]  # strings stored
 
