@@ -132,9 +132,12 @@ def find_volume(fragment_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _pattern(fragment_id: str, stem: str) -> re.Pattern[str]:
-    suffixes = "|".join(s.lstrip(".") for s in MAP_SUFFIXES)
-    return re.compile(rf"^(?:(?P<prefix>.+)_)?{stem}(?:_v(?P<version>\d+))?\.(?:{suffixes})$", re.IGNORECASE)
+_SUFFIXES = "|".join(s.lstrip(".") for s in MAP_SUFFIXES)
+# [<prefix>_]<stem>[_v<N>].<suffix>, per role: the prefix is checked against the id, the version compared.
+_PATTERNS = {
+    role: re.compile(rf"^(?:(?P<prefix>.+)_)?{stem}(?:_v(?P<version>\d+))?\.(?:{_SUFFIXES})$", re.IGNORECASE)
+    for role, stem in _ROLE_STEMS.items()
+}
 
 
 def find_maps(fragment_dir: Path, fragment_id: str | None = None) -> tuple[dict[str, Path], list[str], str]:
@@ -149,7 +152,7 @@ def find_maps(fragment_dir: Path, fragment_id: str | None = None) -> tuple[dict[
     notes: list[str] = []
     styles: set[str] = set()
     for role in ROLES:
-        pattern = _pattern(fragment_id, _ROLE_STEMS[role])
+        pattern = _PATTERNS[role]
         by_version: dict[tuple[str, int], list[str]] = {}
         for name in names:
             match = pattern.match(name)
@@ -272,10 +275,14 @@ def read_manifest(path: str | Path) -> list[FragmentSources]:
             volume = volume or find_volume(folder)
         if volume is None:
             raise ValueError(f"{where}: give 'volume' (or a 'folder' holding one)")
-        fragment_id = entry.get("id", folder.name if folder is not None else None)
-        if fragment_id is None or isinstance(fragment_id, bool) or str(fragment_id) == "":
+        if "id" not in entry and folder is None:
             raise ValueError(f"{where}: give 'id' (or a 'folder', whose name is the id)")
-        fragment_id = str(fragment_id)
+        try:
+            fragment_id = str(_fragment_id(entry["id"])) if "id" in entry else folder.name
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if not fragment_id:
+            raise ValueError(f"{where}: the id is empty")
         if any(s.id == fragment_id for s in out):
             raise ValueError(f"manifest '{path}': id '{fragment_id}' is listed twice")
         cache = entry.get("cache")

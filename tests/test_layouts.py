@@ -160,6 +160,7 @@ def test_a_manifest_names_files_anywhere_and_writes_only_its_cache(tmp_path: Pat
         ("fragments:\n  - {id: 1, volume: v}\n  - {id: '1', volume: v}\n", r"id '1' is listed twice"),
         ("fragments:\n  - id: x\n    mask: v\n", r"entry 1: give 'volume'"),
         ("fragments: [", r"cannot be read"),
+        ("fragments:\n  - {id: 2.5, volume: v}\n", r"entry 1: fragment id 2\.5 must be a string or an integer"),
     ],
 )
 def test_bad_manifests_are_named(tmp_path: Path, text: str, message: str) -> None:
