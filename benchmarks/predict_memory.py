@@ -12,7 +12,6 @@ process and all its descendants. Each run starts without the segment's caches, a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.benchmark import PeakMemory
+from benchmarks.memory import TreePeakMemory
 
 DEPTH = 28  # the CPU recipe's input depth; the volume holds only these slices
 TILE, STRIDE = 64, 32  # the CPU recipe's tile and evaluation step
@@ -76,40 +75,6 @@ def child(data_dir: str, out_dir: str, workers: int, batch: int) -> dict:
     started = time.perf_counter()
     trainer.predict(module, datamodule=data, return_predictions=False)
     return {"seconds": time.perf_counter() - started}
-
-
-class TreePeakMemory(PeakMemory):
-    """`PeakMemory` over a process and all its descendants (loader workers included): their summed ``RssAnon``."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(interval)
-        self.pid = pid
-
-    @staticmethod
-    def _children() -> dict[int, list[int]]:
-        tree: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                parent = int(stat.rsplit(")", 1)[1].split()[1])
-                tree.setdefault(parent, []).append(int(entry))
-        return tree
-
-    def rss_anon_kib(self) -> int:  # type: ignore[override]
-        tree, todo, total = self._children(), [self.pid], 0
-        while todo:
-            pid = todo.pop()
-            todo += tree.get(pid, [])
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        total += int(line.split()[1])
-            except OSError:
-                pass  # the process ended between listing and reading
-        return total
 
 
 def measure(work: Path, size: int, workers: int = 2, batch: int = 64) -> dict:

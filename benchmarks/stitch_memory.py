@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from scripts.benchmark import PeakMemory
+from benchmarks.memory import PeakMemory
 
 
 def _tiles(height: int, width: int, tile: int, box: tuple[int, int, int, int]) -> list[tuple[int, int]]:

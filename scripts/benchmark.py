@@ -19,6 +19,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --loader                    # tiles/s per core: ours (CPU aug, read only) vs peers
     python scripts/benchmark.py --step                      # Lightning training step vs a plain PyTorch loop
     python scripts/benchmark.py --predict-memory            # whole-segment prediction 1024^2 vs 8192^2: memory, px/s
+    python scripts/benchmark.py --label-memory              # a 330 Mpx label map (TIFF, PNG) vs a whole-image read
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,35 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-class PeakMemory:
-    """Samples ``RssAnon`` (anonymous memory: not the reclaimable page cache of mapped files) in a thread."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.peak_kib, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def rss_anon_kib() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-        raise RuntimeError("RssAnon not found in /proc/self/status (Linux only)")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, self.rss_anon_kib())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self.baseline_kib = self.peak_kib = self.rss_anon_kib()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_kib = max(self.peak_kib, self.rss_anon_kib())
+from benchmarks.memory import PeakMemory  # noqa: E402
 
 
 def ensure_fragment(work: Path, size: int, depth: int) -> Path:
