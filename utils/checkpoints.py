@@ -29,9 +29,10 @@ import torch
 # `save_hyperparameters` or a callback's `state_dict` needing another type must be added here (and be plain data:
 # building it must have no side effects).
 SAFE_TYPES: tuple[str, ...] = (
-    # InkDataModule(augment=AugmentConfig(...)) built in Python saves the dataclass itself in
+    # InkDataModule(augment=AugmentConfig(...), labels=LabelConfig(...)) built in Python saves the dataclasses in
     # `datamodule_hyper_parameters` (LightningCLI saves the config's plain dict instead).
     "datamodules.transforms.AugmentConfig",
+    "datamodules.label_rules.LabelConfig",
     # InkModule's settings groups, likewise (a LightningCLI run saves them as plain dicts).
     "modules.components.ink_net.NetConfig",
     "modules.losses.LossConfig",
