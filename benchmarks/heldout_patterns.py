@@ -2,7 +2,7 @@
 
 Each function draws one pattern from the generator it is given, so `benchmarks.heldout_family` decides the order
 of the draws (and with it every fragment's bytes) in one place, and reads as the physics built from these parts.
-Like the family, nothing here uses the project's own generator (`datamodules/synthetic_generator.py`).
+Like the family, nothing here uses the project's own generator (`datamodules/synthetic/generator.py`).
 """
 
 from __future__ import annotations

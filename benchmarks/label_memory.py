@@ -5,7 +5,7 @@
 band by band. Each is then read in a fresh process in two ways, and the process's peak ``RssAnon`` above what it
 held after its imports is reported:
 
-- ``project``: `datamodules.fragment_maps.label_cache` (threshold, levels and summary caches written through memory
+- ``project``: `datamodules.reading.fragment_maps.label_cache` (threshold, levels and summary caches written through
   maps, band by band; a PNG is decoded whole by Pillow first, a TIFF strip by strip);
 - ``baseline``: the whole map read into memory and divided by 255 as float32, as the Grand Prize code reads labels.
 """
@@ -63,8 +63,8 @@ def child(path: str, way: str, cache: str) -> dict:
 
     started = time.perf_counter()
     if way == "project":
-        from datamodules.fragment_maps import label_cache
-        from datamodules.label_rules import LabelConfig
+        from datamodules.reading.fragment_maps import label_cache
+        from datamodules.reading.label_rules import LabelConfig
 
         files = label_cache(Path(path), Path(cache), (HEIGHT, WIDTH), LabelConfig())
         ink = float(np.load(files.ink, mmap_mode="r")[::64, ::64].mean())

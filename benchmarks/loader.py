@@ -7,7 +7,7 @@ tile size, after a warm-up, so the rows are comparable per core:
 * ``project, read + normalise``: the same with ``augment.backend: torch`` (what the workers do when the batch is
   augmented on the GPU): the window's slices read from the memory maps, depth shift drawn, normalised;
 * ``project, torch batch augmentation (this CPU)``: the torch backend's per-batch transforms, run here on the
-  CPU, per tile (on a GPU they run on the device instead; see README);
+  CPU, per tile (on a GPU they run on the device instead; see docs/BENCHMARKS.md);
 * ``peers, in RAM``: the slice range read into RAM as uint8 first, tiles cut from it and augmented with the
   notebooks' albumentations pipeline (`benchmarks.baseline_data`), stacked into a float tensor.
 """
@@ -28,8 +28,8 @@ __all__ = ["loader_rates"]
 
 
 def _dataset(data_dir: Path, z_start: int, z_end: int, tile: int, backend: str):
+    from datamodules.augment.transforms import AugmentConfig
     from datamodules.ink_datamodule import InkDataModule
-    from datamodules.transforms import AugmentConfig
 
     dm = InkDataModule(
         data_dir=str(data_dir),
@@ -72,8 +72,8 @@ def loader_rates(
 
         steps[name] = item
 
-    from datamodules.batch_augment import augment_batch
-    from datamodules.transforms import AugmentConfig
+    from datamodules.augment.batch_augment import augment_batch
+    from datamodules.augment.transforms import AugmentConfig
 
     config = AugmentConfig(backend="torch")
     image = torch.rand(batch, z_end - z_start, tile, tile)

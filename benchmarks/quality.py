@@ -41,7 +41,7 @@ def ensure_heldout(work: Path, size: int, ink_to_noise: float, seed: int = 2024)
 
 
 def _scores(val: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, float]:
-    from modules.metrics import fbeta_at, fragment_scores
+    from modules.evaluation.metrics import fbeta_at, fragment_scores
 
     threshold = fragment_scores(val["prob"], val["label"], val["valid"])["threshold"]
     at_half = fragment_scores(test["prob"], test["label"], test["valid"], threshold=0.5)
@@ -85,7 +85,7 @@ def run_project(data: Path, seed: int, budget_s: float, out: Path, extra: list[s
     module = cli.model
     maps = module.last_eval_maps[TEST]
     threshold = module.val_threshold if module.val_threshold is not None else 0.5
-    from modules.metrics import fbeta_at
+    from modules.evaluation.metrics import fbeta_at
 
     return {
         "f05_val_threshold": fbeta_at(maps["prob"], maps["label"], maps["valid"], threshold),
@@ -99,8 +99,8 @@ def run_project(data: Path, seed: int, budget_s: float, out: Path, extra: list[s
 
 def all_ink_scores(data: Path) -> dict[str, float]:
     """Predicting ink everywhere on TEST: the floor."""
-    from datamodules.fragment import Fragment
-    from modules.metrics import fragment_scores
+    from datamodules.reading.fragment import Fragment
+    from modules.evaluation.metrics import fragment_scores
 
     fragment = Fragment(data / TEST)
     labels, valid = np.asarray(fragment.labels), np.asarray(fragment.mask)

@@ -34,7 +34,7 @@ def measure(height: int, width: int, stride: int, tile: int = 256, band: int = 0
         batch: Tiles per ``add`` call.
     """
     from modules import evaluation
-    from modules.stitching import FragmentStitcher
+    from modules.evaluation.stitching import FragmentStitcher
 
     box = (0, 0, height, width)
     if band:

@@ -31,6 +31,7 @@ from datamodules.cam_tiles import check_tiles, choose_inky, read_items, stack_it
 from modules.gradcam import TARGETS, compute_grad_cam, default_target_layer, find_module, get_net
 from utils.checks import check_int, check_range
 from utils.figures import cam_overlay, depth_profile_chart
+from utils.hparams import grouped_setting
 from utils.png import write_png
 
 
@@ -207,7 +208,7 @@ def _val_loader(trainer: pl.Trainer) -> DataLoader:
 
 def _z_start(trainer: pl.Trainer, fragment_id: str) -> int:
     """The index of the tile's first slice, for the charts' x axis: its fragment's own window start (with
-    ``z_window: auto`` each fragment has its own), else the data module's ``z_start``, else 0."""
+    ``z_window: auto`` each fragment has its own), else the data module's ``window.z_start``, else 0."""
     datamodule = getattr(trainer, "datamodule", None)
     fragments = getattr(datamodule, "fragments", None)
     if callable(fragments):
@@ -217,7 +218,5 @@ def _z_start(trainer: pl.Trainer, fragment_id: str) -> int:
                     return int(fragment.z_start)
         except (RuntimeError, ValueError, TypeError):  # not set up, or a data module of another shape
             pass
-    hparams = getattr(datamodule, "hparams", None)
-    if isinstance(hparams, Mapping) and isinstance(hparams.get("z_start"), int):
-        return int(hparams["z_start"])
-    return 0
+    z_start = grouped_setting(getattr(datamodule, "hparams", None), "window", "z_start")
+    return int(z_start) if isinstance(z_start, int) else 0

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from utils.checks import check_range
+from utils.hparams import grouped_setting
 
 
 class InkEarlyStopping(EarlyStopping):
@@ -58,7 +59,7 @@ class InkEarlyStopping(EarlyStopping):
         if self.patience_samples is None:
             return
         datamodule = getattr(trainer, "datamodule", None)
-        per_validation = getattr(getattr(datamodule, "hparams", {}), "get", lambda *_: None)("samples_per_epoch")
+        per_validation = grouped_setting(getattr(datamodule, "hparams", None), "tiles", "samples_per_epoch")
         if not per_validation:
             raise ValueError(
                 "early_stopping.patience_samples needs a data module with samples_per_epoch (InkDataModule); "

@@ -2,10 +2,10 @@
 
 The writer turns the tile probabilities `InkModule.predict_step` returns into each segment's outputs, band by band:
 
-1. ``setup``: the segments are cut into row bands (`modules.band_plan`); bands an interrupted run already wrote are
+1. ``setup``: the segments are cut into row bands (`modules.prediction.band_plan`); bands an interrupted run wrote are
    kept (`utils.band_store`); each rank gets a contiguous, tile-balanced run of the rest, and the data module is told
    which tiles this rank predicts (``select_predict_tiles``). Lightning's DDP runs the ranks; nothing else schedules.
-2. ``on_predict_batch_end``: tiles are blended into the bands they overlap (`modules.band_stitching`); a band whose
+2. ``on_predict_batch_end``: tiles are blended into their bands (`modules.prediction.band_stitching`); a band whose
    last tile arrived is written to disk and dropped, so memory holds a few bands whatever the segment's size.
 3. ``on_predict_end``: after all ranks finished, rank zero reads each complete segment's bands in order and feeds
    them to the output formats (`utils.prediction_formats`), then deletes the bands.
@@ -23,9 +23,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from modules.band_plan import DEFAULT_BAND_PIXELS, PredictionLayout, SegmentBands, band_height, plan_rank
-from modules.band_stitching import BandStitcher
-from modules.windows import window_weights
+from modules.evaluation.windows import window_weights
+from modules.prediction.band_plan import DEFAULT_BAND_PIXELS, PredictionLayout, SegmentBands, band_height, plan_rank
+from modules.prediction.band_stitching import BandStitcher
 from utils.atomic import ensure_writable_dir
 from utils.band_store import BandStore
 from utils.checks import check_filename_part, check_int, check_threshold

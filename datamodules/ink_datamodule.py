@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -12,24 +13,35 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules.batch_augment import augment_batch
-from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
-from datamodules.demo_folder import check_demo_folder, has_fragments
-from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment
-from datamodules.intensity import check_normalization, intensity_range
-from datamodules.label_rules import LabelConfig
-from datamodules.layer_window import AUTO, LayerWindow, check_depth_settings, listed_reversed, open_fragment
-from datamodules.layouts import FragmentId, discover_sources, fragment_ids, is_manifest
+from datamodules.augment.batch_augment import augment_batch
+from datamodules.augment.transforms import AugmentConfig, TileTransform
 from datamodules.loaders import default_workers, make_loader
-from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler, check_ink_ratio
+from datamodules.reading.fragment import Fragment
+from datamodules.reading.intensity import intensity_range
+from datamodules.reading.label_rules import LabelConfig
+from datamodules.reading.layer_window import AUTO, LayerWindow, listed_reversed, open_fragment
+from datamodules.reading.layouts import discover_sources, is_manifest
+from datamodules.samplers import BalancedTileSampler, ShardedEvalSampler
+from datamodules.settings import (
+    GROUPS,
+    DataSettings,
+    DemoConfig,
+    LoaderConfig,
+    SplitConfig,
+    StorageConfig,
+    TileConfig,
+    WindowConfig,
+    as_group,
+    group_flat_settings,
+)
 from datamodules.synthetic import make_demo_data
+from datamodules.synthetic.demo_folder import check_demo_folder, has_fragments
 from datamodules.tile_dataset import TileDataset
 from datamodules.tiling import Region, TileSet, plan_regions, region_tiles
-from datamodules.transforms import AugmentConfig, TileTransform
-from modules.band_plan import PredictionLayout
-from utils.checks import check_int
+from modules.prediction.band_plan import PredictionLayout
 
-# Checkpoints hold the data module's hyperparameters; Lightning loads them with torch's weights-only unpickler.
+# Checkpoints of earlier versions hold these dataclasses in the data module's hyperparameters (today's hold plain
+# dicts); Lightning loads them with torch's weights-only unpickler.
 torch.serialization.add_safe_globals([AugmentConfig, LabelConfig])
 
 _STAGE_SPLIT = {"fit": "val", "validate": "val", "val": "val", "test": "test", "predict": "predict"}
@@ -38,136 +50,66 @@ _STAGE_SPLIT = {"fit": "val", "validate": "val", "val": "val", "test": "test", "
 class InkDataModule(pl.LightningDataModule):
     """Tiles of fragment volumes, read window by window from memory-mapped slices.
 
+    Settings come in groups, each documented where it is defined (`datamodules.settings`): ``--data.splits.*``,
+    ``--data.window.*``, ``--data.tiles.*``, ``--data.loader.*``, ``--data.storage.*``, ``--data.demo.*``, plus
+    ``--data.augment.*`` (`datamodules.augment.transforms.AugmentConfig`) and ``--data.labels.*``
+    (`datamodules.reading.label_rules.LabelConfig`).
+
     Args:
-        data_dir: folder of fragment folders (the layouts of `datamodules.layouts`), or a manifest file
+        data_dir: folder of fragment folders (the layouts of `datamodules.reading.layouts`), or a manifest file
             (``.yaml``/``.json``) naming each fragment's files.
-        train_fragments: fragment ids to train on; default: all not held out whole. Ids are strings; numbers
-            (``[20230530164535]``) are read as their digits.
-        val_fragments: fragments to validate on. A fragment also in ``train_fragments`` is split by region.
-        test_fragments: fragments to test on (same rule).
-        predict_fragments: fragments to predict; default: every fragment in ``predict_dir``.
-        predict_dir: folder of fragments to predict; default ``data_dir``.
-        z_start: first slice the model sees. Default 15: see ``datamodules.fragment.DEFAULT_Z_START``.
-        z_end: one past the last slice. ``z_end - z_start`` is the model's input depth ``num_slices``.
-        reverse_depth: fragment names stored with reversed depth order, or ``"auto"``: each fragment whose depth
-            profile shows the papyrus at low layer indices is opened reversed (``datamodules/depth_profile.py``).
-        z_window: ``fixed``: every fragment reads ``[z_start, z_end)``; ``auto``: each fragment reads
-            ``z_end - z_start`` layers centred on the papyrus surface found on its depth profile, in the depth
-            order after ``reverse_depth`` (segments come with 21, 65 or 109 layers).
-        tile_size: tile edge in pixels.
-        stride: training window step (windows are also jittered by up to ±stride/2 each epoch).
-        eval_stride: step of the overlapping validation/test/predict windows; default ``tile_size // 4``.
-        min_valid_fraction: training windows need at least this fraction inside the mask.
-        folds: bands a region split cuts a fragment into.
-        val_fold: band held out for validation in region splits (None: no region validation).
-        test_fold: band held out for test in region splits (None: none).
-        split_gap: pixels between held-out bands and training windows; default ``tile_size``.
-        ink_ratio: fraction of training tiles drawn from tiles holding ink (must be < 1); None (the default) draws
-            tiles uniformly from the mask. On faint ink, ink_ratio 0.5 slowed learning several-fold (README).
-        samples_per_epoch: training tiles per epoch (all ranks together).
-        jitter: move training windows randomly each epoch.
-        batch_size: training batch size per process.
-        eval_batch_size: validation/test/predict batch size; default ``batch_size``.
-        num_workers: DataLoader worker processes; default: the CPUs available less one per training process on
-            this machine, split between those processes, at most 8 (``datamodules/loaders.py``).
-        pin_memory: page-locked batches for faster copies; default: on when training on CUDA.
-        persistent_workers: keep the workers alive between epochs and across validations.
-        prefetch_factor: batches each worker prepares ahead.
-        augment: training augmentation settings.
-        labels: how label maps are read: ``threshold`` (ink at or above this fraction of full scale), ``soft``
-            (train on grey levels / 255), ``unknown`` (a level left out of loss and scores); see
-            `datamodules.label_rules`.
-        cache_dir: where compressed or tiled slices are converted to; default ``<fragment>/.ink_cache``.
-        chunk_cache_mb: MiB of decoded zarr chunks each process (main, every worker) keeps, least recently used
-            evicted; unused for TIFF fragments.
-        normalization: ``fragment``: each fragment's ``intensity_percentiles`` inside the mask and slice window
-            map to 0 and 1 (computed once, cached; scans differ in brightness); ``dtype``: divide by 65535 / 255.
-        intensity_percentiles: the low and high percentiles of ``fragment`` normalisation.
-        demo: make synthetic demo fragments in ``data_dir`` if it holds none.
-        demo_size: height and width of each demo fragment.
-        demo_fragments: number of demo fragments.
-        demo_ink_contrast: the demo ink's peak brightness (fraction of the dtype's range; the per-pixel noise is
-            0.022). 0.10 keeps the best single-slice threshold at F0.5 0.2-0.3 yet lets a CPU run learn in minutes.
-        seed: seed of the training tile sampler.
+        splits: which fragments train, validate, test and are predicted.
+        window: the slices the model sees.
+        tiles: tiles and how training draws them.
+        loader: batches and DataLoader workers.
+        storage: caches and intensity normalisation.
+        augment: training augmentation.
+        labels: how label maps are read.
+        demo: synthetic demo fragments.
+        **flat: the flat settings of earlier versions (``z_start=…``, ``tile_size=…``, ``demo_size=…``), moved into
+            their groups (`datamodules.settings.FLAT_KEYS`).
+
+    Raises:
+        ValueError: an unknown setting or a value a group rejects, naming it.
     """
 
     def __init__(
         self,
         data_dir: str = "data/demo",
-        train_fragments: list[FragmentId] | None = None,
-        val_fragments: list[FragmentId] | None = None,
-        test_fragments: list[FragmentId] | None = None,
-        predict_fragments: list[FragmentId] | None = None,
-        predict_dir: str | None = None,
-        z_start: int = DEFAULT_Z_START,
-        z_end: int = DEFAULT_Z_END,
-        reverse_depth: list[FragmentId] | str | None = None,
-        z_window: str = "fixed",
-        tile_size: int = 256,
-        stride: int | None = None,
-        eval_stride: int | None = None,
-        min_valid_fraction: float = 0.5,
-        folds: int = 5,
-        val_fold: int | None = 0,
-        test_fold: int | None = None,
-        split_gap: int | None = None,
-        ink_ratio: float | None = None,
-        samples_per_epoch: int = 4096,
-        jitter: bool = True,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        prefetch_factor: int = 2,
-        augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - a frozen default, copied below
-        labels: LabelConfig = LabelConfig(),  # noqa: B008 - frozen
-        cache_dir: str | None = None,
-        chunk_cache_mb: int = DEFAULT_CHUNK_CACHE_MB,
-        normalization: str = "fragment",
-        intensity_percentiles: tuple[float, float] = (0.5, 99.5),
-        demo: bool = False,
-        demo_size: int = 384,
-        demo_fragments: int = 2,
-        demo_ink_contrast: float = 0.10,
-        seed: int = 0,
+        splits: SplitConfig = SplitConfig(),  # noqa: B008 - frozen defaults
+        window: WindowConfig = WindowConfig(),  # noqa: B008
+        tiles: TileConfig = TileConfig(),  # noqa: B008
+        loader: LoaderConfig = LoaderConfig(),  # noqa: B008
+        storage: StorageConfig = StorageConfig(),  # noqa: B008
+        augment: AugmentConfig = AugmentConfig(),  # noqa: B008
+        labels: LabelConfig = LabelConfig(),  # noqa: B008
+        demo: DemoConfig = DemoConfig(),  # noqa: B008
+        **flat: Any,
     ) -> None:
         super().__init__()
-        # Segment ids are strings however typed (20230530164535 in YAML or on the command line is a number);
-        # normalised before save_hyperparameters, so checkpoints and configs hold strings.
-        train_fragments, val_fragments, test_fragments, predict_fragments = (
-            fragment_ids(ids) for ids in (train_fragments, val_fragments, test_fragments, predict_fragments)
-        )
-        if not isinstance(reverse_depth, str):
-            reverse_depth = fragment_ids(reverse_depth)
-        if not isinstance(labels, LabelConfig):
-            raise ValueError(f"labels must be a LabelConfig, got {type(labels).__name__}")
-        _check_positive(tile_size=tile_size, batch_size=batch_size, samples_per_epoch=samples_per_epoch)
-        if z_start < 0 or z_end <= z_start:
-            raise ValueError(f"z_start={z_start}, z_end={z_end}: need 0 <= z_start < z_end")
-        check_depth_settings(z_window, reverse_depth)
-        if not 0.0 <= min_valid_fraction <= 1.0:
-            raise ValueError(f"min_valid_fraction={min_valid_fraction}: must be in [0, 1]")
-        check_ink_ratio(ink_ratio)
-        check_normalization(normalization, *intensity_percentiles)
-        if num_workers is not None:
-            check_int("num_workers", num_workers, minimum=0)
-        check_int("prefetch_factor", prefetch_factor, minimum=1)
-        self.stride = stride or max(1, tile_size // 2)
-        self.eval_stride = eval_stride or max(1, tile_size // 4)
-        _check_positive(stride=self.stride, eval_stride=self.eval_stride)
-        self.save_hyperparameters()
-        # LightningCLI hands save_hyperparameters the values as parsed: store the ids as strings here too.
-        self.hparams.update(
-            train_fragments=train_fragments,
-            val_fragments=val_fragments,
-            test_fragments=test_fragments,
-            predict_fragments=predict_fragments,
-            reverse_depth=reverse_depth,
-        )
+        given = {"splits": splits, "window": window, "tiles": tiles, "loader": loader, "storage": storage}
+        grouped = group_flat_settings({**given, "demo": demo, **flat})
+        unknown = sorted(set(grouped) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"InkDataModule has no setting(s) {unknown}; see datamodules/settings.py")
+        self.settings = DataSettings(**{name: as_group(name, grouped[name]) for name in GROUPS})
+        for name, value, cls in (("augment", augment, AugmentConfig), ("labels", labels, LabelConfig)):
+            if not isinstance(value, cls):
+                raise ValueError(f"{name} must be an {cls.__name__}, got {type(value).__name__}")
+        tile = self.settings.tiles
+        self.stride, self.eval_stride = tile.train_stride, tile.eval_step
         self.augment = dataclasses.replace(augment)
         self.labels = labels
         self.data_dir = Path(data_dir)
+        # Plain data, one block per group: configs, checkpoints and loggers read them; ids are strings.
+        self.save_hyperparameters(
+            {
+                "data_dir": str(data_dir),
+                **{name: dataclasses.asdict(getattr(self.settings, name)) for name in GROUPS},
+                "augment": dataclasses.asdict(self.augment),
+                "labels": dataclasses.asdict(self.labels),
+            }
+        )
         self._fragments: list[Fragment] = []
         self._splits: dict[str, TileSet] = {}
         self._predict: list[Fragment] = []
@@ -177,7 +119,7 @@ class InkDataModule(pl.LightningDataModule):
     @property
     def num_slices(self) -> int:
         """Depth of the model's input: ``z_end - z_start``."""
-        return self.hparams.z_end - self.hparams.z_start
+        return self.settings.window.z_end - self.settings.window.z_start
 
     @property
     def _depth_margin(self) -> int:
@@ -188,17 +130,17 @@ class InkDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Makes the demo fragments if asked; converts compressed or tiled slices of the folder the stage reads."""
-        hp = self.hparams
+        hp = self.settings
         predicting = self.trainer is not None and self.trainer.state.fn == "predict"
-        folder = Path(hp.predict_dir) if predicting and hp.predict_dir else self.data_dir
-        if hp.demo and folder == self.data_dir and not is_manifest(folder) and not has_fragments(self.data_dir):
-            check_demo_folder(self.data_dir, hp.demo_fragments)
+        folder = Path(hp.splits.predict_dir) if predicting and hp.splits.predict_dir else self.data_dir
+        if hp.demo.enabled and folder == self.data_dir and not is_manifest(folder) and not has_fragments(self.data_dir):
+            check_demo_folder(self.data_dir, hp.demo.fragments)
             make_demo_data(
                 self.data_dir,
-                num_fragments=hp.demo_fragments,
-                height=hp.demo_size,
-                width=hp.demo_size,
-                ink_contrast=hp.demo_ink_contrast,
+                num_fragments=hp.demo.fragments,
+                height=hp.demo.size,
+                width=hp.demo.size,
+                ink_contrast=hp.demo.ink_contrast,
             )
         margin = self._depth_margin
         for fragment in self._open(folder, require_labels=False):
@@ -215,7 +157,7 @@ class InkDataModule(pl.LightningDataModule):
         """Opens the fragments of ``folder`` (a folder or a manifest; all, or ``names``); ``check_reverse``: an absent
         ``reverse_depth`` name is a typo, not a fragment of another folder (a checkpoint's ``reverse_depth`` follows
         it to other data)."""
-        hp = self.hparams
+        hp = self.settings
         paths = discover_sources(folder)
         if names is not None:
             available = {p.id: p for p in paths}
@@ -226,19 +168,19 @@ class InkDataModule(pl.LightningDataModule):
         for sources in paths:
             for note in sources.notes:
                 rank_zero_info(f"fragment '{sources.id}': {note}")
-        reversed_names = listed_reversed(hp.reverse_depth)
+        reversed_names = listed_reversed(hp.window.reverse_depth)
         unknown = reversed_names - {p.id for p in paths}
         if unknown and check_reverse:
             raise ValueError(f"reverse_depth names unknown fragment(s) {sorted(unknown)} in '{folder}'")
         fragments = [
             open_fragment(
                 p,
-                z_start=hp.z_start,
-                z_end=hp.z_end,
-                z_window=hp.z_window,
-                reverse_depth=AUTO if hp.reverse_depth == AUTO else p.id in reversed_names,
-                cache_dir=hp.cache_dir,
-                chunk_cache_mb=hp.chunk_cache_mb,
+                z_start=hp.window.z_start,
+                z_end=hp.window.z_end,
+                z_window=hp.window.z_window,
+                reverse_depth=AUTO if hp.window.reverse_depth == AUTO else p.id in reversed_names,
+                cache_dir=hp.storage.cache_dir,
+                chunk_cache_mb=hp.storage.chunk_cache_mb,
                 require_labels=require_labels,
                 memo=self._windows,
                 labels=self.labels,
@@ -246,24 +188,24 @@ class InkDataModule(pl.LightningDataModule):
             for p in paths
         ]
         for fragment in fragments:
-            if fragment.height < hp.tile_size or fragment.width < hp.tile_size:
+            if fragment.height < hp.tiles.tile_size or fragment.width < hp.tiles.tile_size:
                 raise ValueError(
                     f"fragment '{fragment.id}' is {fragment.height}x{fragment.width}, smaller than one tile "
-                    f"(tile_size={hp.tile_size})"
+                    f"(tile_size={hp.tiles.tile_size})"
                 )
-            if hp.normalization == "fragment":
+            if hp.storage.normalization == "fragment":
                 margin = self._depth_margin
                 fragment.intensity = intensity_range(
-                    fragment, fragment.z_start - margin, fragment.z_end + margin, *hp.intensity_percentiles
+                    fragment, fragment.z_start - margin, fragment.z_end + margin, *hp.storage.intensity_percentiles
                 )
         return fragments
 
     def setup(self, stage: str) -> None:
         """Opens the fragments and lays out the tiles of the splits ``stage`` needs."""
-        hp = self.hparams
+        hp = self.settings
         if stage == "predict":
-            folder = Path(hp.predict_dir) if hp.predict_dir else self.data_dir
-            fragments = self._open(folder, require_labels=False, names=hp.predict_fragments)
+            folder = Path(hp.splits.predict_dir) if hp.splits.predict_dir else self.data_dir
+            fragments = self._open(folder, require_labels=False, names=hp.splits.predict_fragments)
             whole = [Region(i, 0, ((0, f.height),)) for i, f in enumerate(fragments)]
             self._predict = fragments
             self._predict_selection = None
@@ -271,25 +213,25 @@ class InkDataModule(pl.LightningDataModule):
             return
         if not self._fragments:
             self._fragments = self._open(self.data_dir, require_labels=False, check_reverse=stage == "fit")
-        gap = hp.split_gap if hp.split_gap is not None else hp.tile_size
+        gap = hp.splits.split_gap if hp.splits.split_gap is not None else hp.tiles.tile_size
         plans = plan_regions(
             [f.id for f in self._fragments],
             [(f.height, f.width) for f in self._fragments],
-            train_fragments=hp.train_fragments,
-            val_fragments=hp.val_fragments,
-            test_fragments=hp.test_fragments,
-            folds=hp.folds,
-            val_fold=hp.val_fold,
-            test_fold=hp.test_fold,
+            train_fragments=hp.splits.train_fragments,
+            val_fragments=hp.splits.val_fragments,
+            test_fragments=hp.splits.test_fragments,
+            folds=hp.splits.folds,
+            val_fold=hp.splits.val_fold,
+            test_fold=hp.splits.test_fold,
             gap=gap,
-            tile_size=hp.tile_size,
+            tile_size=hp.tiles.tile_size,
             has_validation=[f.validation is not None for f in self._fragments],
         )
         for split, training in (("train", True), ("val", False), ("test", False)):
             self._set_split(split, self._fragments, plans[split], training=training)
 
     def _set_split(self, split: str, fragments: list[Fragment], regions: list[Region], *, training: bool) -> None:
-        hp = self.hparams
+        hp = self.settings
         if split != "predict":
             for region in regions:
                 if fragments[region.fragment].labels is None:
@@ -304,9 +246,9 @@ class InkDataModule(pl.LightningDataModule):
                 region,
                 fragments[region.fragment].mask,
                 fragments[region.fragment].labels,
-                tile_size=hp.tile_size,
+                tile_size=hp.tiles.tile_size,
                 stride=self.stride if training else self.eval_stride,
-                min_valid_fraction=hp.min_valid_fraction if training else 0.0,
+                min_valid_fraction=hp.tiles.min_valid_fraction if training else 0.0,
                 supervision=None if predicting else fragments[region.fragment].supervision,
                 validation=None if predicting else fragments[region.fragment].validation,
             )
@@ -334,7 +276,7 @@ class InkDataModule(pl.LightningDataModule):
         if tiles is None:
             raise RuntimeError(f"InkDataModule.setup() has not prepared the {split} split yet")
         if len(tiles) == 0:
-            raise ValueError(_empty_split_message(split, self.hparams))
+            raise ValueError(_empty_split_message(split, self.settings))
         return tiles
 
     def fragments(self, split: str) -> list[Fragment]:
@@ -354,7 +296,7 @@ class InkDataModule(pl.LightningDataModule):
         Identical on every rank (the windows are); stitching allocates only these boxes (a region split's band).
         """
         split = _STAGE_SPLIT.get(stage, stage)
-        fragments, windows, size = self.fragments(split), self.tiles(split).windows, self.hparams.tile_size
+        fragments, windows, size = self.fragments(split), self.tiles(split).windows, self.settings.tiles.tile_size
         boxes = {}
         for i in sorted(set(windows[:, 0].tolist())):
             mine = windows[windows[:, 0] == i]
@@ -372,7 +314,9 @@ class InkDataModule(pl.LightningDataModule):
             for f in fragments
         ]
         shapes = [(f.height, f.width) for f in fragments]
-        return PredictionLayout([f.id for f in fragments], shapes, tiles.windows, self.hparams.tile_size, sources)
+        return PredictionLayout(
+            [f.id for f in fragments], shapes, tiles.windows, self.settings.tiles.tile_size, sources
+        )
 
     def select_predict_tiles(self, indices: Sequence[int] | np.ndarray | None) -> None:
         """Makes this process's predict loader yield exactly these tiles, in this order (None: an even share)."""
@@ -390,31 +334,31 @@ class InkDataModule(pl.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _dataset(self, split: str, *, training: bool) -> TileDataset:
-        hp = self.hparams
+        hp = self.settings
         augment = self.augment if training and self.augment.enabled else None
         return TileDataset(
             self.fragments(split),
             self.tiles(split),
-            hp.tile_size,
+            hp.tiles.tile_size,
             TileTransform(augment, self.num_slices, train=training),
             depth_margin=augment.depth_shift if augment is not None else 0,
-            jitter=self.stride // 2 if training and hp.jitter else 0,
+            jitter=self.stride // 2 if training and hp.tiles.jitter else 0,
             with_labels=split != "predict",
             soft_labels=training and self.labels.soft,
         )
 
     def _loader(self, dataset: TileDataset, sampler: object, batch_size: int) -> DataLoader:
-        hp, trainer = self.hparams, self.trainer
+        hp, trainer = self.settings, self.trainer
         cuda = trainer is not None and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
         per_machine = trainer.num_devices if trainer is not None else 1
         return make_loader(
             dataset,
             sampler,
             batch_size,
-            num_workers=hp.num_workers if hp.num_workers is not None else default_workers(per_machine),
-            pin_memory=cuda if hp.pin_memory is None else hp.pin_memory,
-            persistent_workers=hp.persistent_workers,
-            prefetch_factor=hp.prefetch_factor,
+            num_workers=hp.loader.num_workers if hp.loader.num_workers is not None else default_workers(per_machine),
+            pin_memory=cuda if hp.loader.pin_memory is None else hp.loader.pin_memory,
+            persistent_workers=hp.loader.persistent_workers,
+            prefetch_factor=hp.loader.prefetch_factor,
         )
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -428,20 +372,20 @@ class InkDataModule(pl.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
+        hp = self.settings
         dataset = self._dataset("train", training=True)
         world, rank = self._rank()
         sampler = BalancedTileSampler(
-            dataset, hp.samples_per_epoch, hp.ink_ratio, num_replicas=world, rank=rank, seed=hp.seed
+            dataset, hp.tiles.samples_per_epoch, hp.tiles.ink_ratio, num_replicas=world, rank=rank, seed=hp.tiles.seed
         )
-        return self._loader(dataset, sampler, hp.batch_size)
+        return self._loader(dataset, sampler, hp.loader.batch_size)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split, training=False)
         world, rank = self._rank()
         chosen = self._predict_selection if split == "predict" else None
         sampler = ShardedEvalSampler(dataset, num_replicas=world, rank=rank, indices=chosen)
-        return self._loader(dataset, sampler, self.hparams.eval_batch_size or self.hparams.batch_size)
+        return self._loader(dataset, sampler, self.settings.loader.eval_batch_size or self.settings.loader.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -453,12 +397,7 @@ class InkDataModule(pl.LightningDataModule):
         return self._eval_loader("predict")
 
 
-def _check_positive(**settings: int) -> None:
-    for name, value in settings.items():
-        check_int(name, value, minimum=1, allow_numpy=True)
-
-
-def _empty_split_message(split: str, hp: object) -> str:
+def _empty_split_message(split: str, hp: DataSettings) -> str:
     name = {"train": "training", "val": "validation", "test": "test", "predict": "prediction"}[split]
     hints = {
         "train": "set train_fragments, or lower min_valid_fraction / tile_size, or check the masks",
@@ -467,6 +406,7 @@ def _empty_split_message(split: str, hp: object) -> str:
         "predict": "set predict_dir / predict_fragments",
     }[split]
     return (
-        f"the {name} split is empty (tile_size={hp.tile_size}, folds={hp.folds}, val_fold={hp.val_fold}, "
-        f"test_fold={hp.test_fold}, min_valid_fraction={hp.min_valid_fraction}): {hints}"
+        f"the {name} split is empty (tile_size={hp.tiles.tile_size}, folds={hp.splits.folds}, "
+        f"val_fold={hp.splits.val_fold}, test_fold={hp.splits.test_fold}, "
+        f"min_valid_fraction={hp.tiles.min_valid_fraction}): {hints}"
     )

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.fragment import Fragment
+from datamodules.augment.transforms import TileTransform, normalise
+from datamodules.reading.fragment import Fragment
 from datamodules.tiling import SCOPE_INSIDE, SCOPE_OUTSIDE, TileSet, jitter_windows
-from datamodules.transforms import TileTransform, normalise
 from utils.layout import to_channels_first
 
 

@@ -25,18 +25,19 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
+from datamodules.settings import group_flat_settings
 from modules.ink_module import SETTINGS_GROUPS, group_legacy_hparams
 from utils.checkpoints import load_checkpoint
 
 INPUT_KEYS = (
-    "z_start",
-    "z_end",
-    "z_window",
-    "reverse_depth",
-    "tile_size",
-    "eval_stride",
-    "normalization",
-    "intensity_percentiles",
+    "window.z_start",
+    "window.z_end",
+    "window.z_window",
+    "window.reverse_depth",
+    "tiles.tile_size",
+    "tiles.eval_stride",
+    "storage.normalization",
+    "storage.intensity_percentiles",
     "augment.enabled",
     "augment.depth_shift",
     "labels.threshold",
@@ -44,20 +45,20 @@ INPUT_KEYS = (
 )
 FOLDER_KEYS = (
     "data_dir",
-    "train_fragments",
-    "val_fragments",
-    "test_fragments",
-    "folds",
-    "val_fold",
-    "test_fold",
-    "split_gap",
-    "cache_dir",
+    "splits.train_fragments",
+    "splits.val_fragments",
+    "splits.test_fragments",
+    "splits.folds",
+    "splits.val_fold",
+    "splits.test_fold",
+    "splits.split_gap",
+    "storage.cache_dir",
 )
 
 
 @dataclass(frozen=True)
 class CheckpointContract:
-    """Parser defaults read from one checkpoint, by dotted key (``model.net.encoder``, ``data.z_start``).
+    """Parser defaults read from one checkpoint, by dotted key (``model.net.encoder``, ``data.window.z_start``).
 
     Attributes:
         model: the model's settings groups.
@@ -104,7 +105,8 @@ def read_contract(path: str | Path) -> CheckpointContract:
         for group in SETTINGS_GROUPS
         for key, value in (_plain(hparams.get(group)) or {}).items()
     }
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    # A checkpoint of an earlier version holds the data settings flat (z_start, tile_size ...): grouped first.
+    data = group_flat_settings(checkpoint.get("datamodule_hyper_parameters") or {})
 
     def pick(keys: tuple[str, ...]) -> dict[str, Any]:
         found = {key: _lookup(data, key) for key in keys}

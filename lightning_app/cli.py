@@ -32,6 +32,7 @@ from datamodules.ink_datamodule import InkDataModule  # noqa: E402
 from lightning_app.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from lightning_app.ckpt_contract import read_contract, same_folder, set_defaults  # noqa: E402
 from lightning_app.ckpt_path import check_checkpoint_matches  # noqa: E402
+from lightning_app.legacy_args import regroup_data_args
 from lightning_app.run_dir import (  # noqa: E402
     DEFAULT_SAVE_DIR,
     find_last_checkpoint,
@@ -272,7 +273,7 @@ def cli_main(args: Sequence[str] | None = None) -> InkCLI:
     """
     # The args passed here are the command line (expanded); sys.argv is kept for DDP's launcher, not parsed twice.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
-    argv = expand_shorthands(list(sys.argv[1:] if args is None else args))
+    argv = regroup_data_args(expand_shorthands(list(sys.argv[1:] if args is None else args)))
     if argv and argv[0] == "fit" and _option(argv, "--config") is None and _option(argv, "-c") is None:
         configs = [CPU_CONFIG] if _option(argv, "--data.data_dir") is not None else list(DEMO_CONFIGS)
         argv = [argv[0], *(a for c in configs for a in ("--config", str(c))), *argv[1:]]

@@ -31,10 +31,10 @@ from modules.evaluation import (
     new_stitcher,
     score_stitched,
 )
+from modules.evaluation.stitching import FragmentStitcher
+from modules.evaluation.tta import tta_predict
 from modules.losses import InkLoss, LossConfig, check_finite
 from modules.optimization import OptimConfig, configure_optimization
-from modules.stitching import FragmentStitcher
-from modules.tta import tta_predict
 from utils.checkpoints import load_checkpoint
 
 # The settings groups: init argument (and hyperparameter) name → its dataclass.

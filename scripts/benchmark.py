@@ -56,8 +56,8 @@ def ensure_zarr_fragment(tiff_dir: Path) -> Path:
 
     import tifffile
 
-    from datamodules.fragment import discover_fragments, find_volume_dir, list_slices
-    from datamodules.zarr_writer import write_zarr_volume
+    from datamodules.reading.fragment import discover_fragments, find_volume_dir, list_slices
+    from datamodules.synthetic.zarr_writer import write_zarr_volume
 
     folder = tiff_dir.with_name(f"{tiff_dir.name}_zarr")
     for source in discover_fragments(tiff_dir):
@@ -77,8 +77,8 @@ def ensure_zarr_fragment(tiff_dir: Path) -> Path:
 
 
 def _datamodule(data_dir: Path, depth: int, tile: int, batch: int, workers: int, batches: int, augment: bool):
+    from datamodules.augment.transforms import AugmentConfig
     from datamodules.ink_datamodule import InkDataModule
-    from datamodules.transforms import AugmentConfig
 
     dm = InkDataModule(
         data_dir=str(data_dir),
@@ -122,7 +122,7 @@ def child_in_ram(data_dir: Path, depth: int, tile: int, batch: int, batches: int
     import numpy as np
     import tifffile
 
-    from datamodules.fragment import discover_fragments, find_volume_dir, list_slices
+    from datamodules.reading.fragment import discover_fragments, find_volume_dir, list_slices
 
     with PeakMemory() as memory:
         started = time.perf_counter()

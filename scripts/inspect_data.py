@@ -4,7 +4,7 @@ For every fragment it says which files training will use (the volume; the mask, 
 validation maps found under the community's names or a manifest's, with the versions seen), what the labels are
 (binary or anti-aliased grey, palette, RGBA, 16-bit …) and the ink fraction inside the mask. It reads a strided
 sample of every layer inside the mask (CPU, seconds even for large segments) and finds the surface on the depth
-intensity profile (`datamodules.depth_profile`, which says which depth order counts as normal).
+intensity profile (`datamodules.reading.depth_profile`, which says which depth order counts as normal).
 Windows are in STORED order (file order). Exit code 1 when a fragment could not be analysed.
 
 Examples:
@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.depth_profile import DepthProfile, depth_profile, detect_surface  # noqa: E402
-from datamodules.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, FragmentSources  # noqa: E402
-from datamodules.label_rules import LabelConfig  # noqa: E402
-from datamodules.layouts import ROLES, discover_sources  # noqa: E402
+from datamodules.reading.depth_profile import DepthProfile, depth_profile, detect_surface  # noqa: E402
+from datamodules.reading.fragment import DEFAULT_Z_END, DEFAULT_Z_START, Fragment, FragmentSources  # noqa: E402
+from datamodules.reading.label_rules import LabelConfig  # noqa: E402
+from datamodules.reading.layouts import ROLES, discover_sources  # noqa: E402
 from scripts._entry import USER_ERRORS  # noqa: E402
 from utils.png import write_png  # noqa: E402
 from utils.profile_chart import ProfileCurve, profile_chart  # noqa: E402

@@ -1,4 +1,4 @@
-"""Writes synthetic papyrus fragments in the real on-disk layout (see datamodules/synthetic.py).
+"""Writes synthetic papyrus fragments in the real on-disk layout (see datamodules/synthetic/fragments.py).
 
 Examples:
     python scripts/make_synthetic.py --out data/demo --num-fragments 2
@@ -22,7 +22,7 @@ from datamodules.synthetic import (  # noqa: E402
     make_demo_data,
     make_fragment,
 )
-from datamodules.synthetic_maps import LABEL_STYLES, LABEL_SUFFIXES, MAP_LAYOUTS  # noqa: E402
+from datamodules.synthetic.maps import LABEL_STYLES, LABEL_SUFFIXES, MAP_LAYOUTS  # noqa: E402
 
 
 def _chunks(text: str) -> tuple[int, int, int]:
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunks",
         type=_chunks,
         default=None,
-        help="zarr chunk shape Z,Y,X (default 8,128,128: see datamodules/zarr_writer.py; the writer holds Z slices)",
+        help="zarr chunk shape Z,Y,X (default 8,128,128: see datamodules/synthetic/zarr_writer.py; it holds Z slices)",
     )
     parser.add_argument(
         "--reverse-depth", action="store_true", help="store the slices in reversed depth order (00.tif deepest)"

@@ -1,7 +1,7 @@
 """``python scripts/predict.py [--config FILE] [--model.X ...] [--data.Y ...] [--accelerator gpu --devices 2 ...]``
 
 Predicts fragments without labels: <id>_prediction.png, <id>_mask.png and submission.csv.
-Every LightningCLI option works; see README.md or ``--help``.
+Every LightningCLI option works; see docs/CONFIGURATION.md or ``--help``.
 """
 
 import sys

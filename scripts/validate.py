@@ -1,7 +1,7 @@
 """``python scripts/validate.py [--config FILE] [--model.X ...] [--data.Y ...] [--accelerator gpu --devices 2 ...]``
 
 Validates a checkpoint (--ckpt_path) on the validation split.
-Every LightningCLI option works; see README.md or ``--help``.
+Every LightningCLI option works; see docs/CONFIGURATION.md or ``--help``.
 """
 
 import sys

@@ -10,7 +10,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from datamodules.fragment import Fragment
+from datamodules.reading.fragment import Fragment
 
 
 def write_fragment(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from datamodules.batch_augment import augment_batch
+from datamodules.augment.batch_augment import augment_batch
+from datamodules.augment.transforms import AugmentConfig, TileTransform
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.transforms import AugmentConfig, TileTransform
 from tests.test_transforms import NONE
 
 B, D, S = 16, 6, 48

@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,15 @@ import torch
 from pytorch_lightning import Trainer
 from pytorch_lightning.demos.boring_classes import BoringModel
 
-from datamodules.transforms import AugmentConfig
+from datamodules.augment.transforms import AugmentConfig
+from datamodules.reading.label_rules import LabelConfig
 from lightning_app.checkpoint_io import AtomicCheckpointIO
 from lightning_app.cli import cli_main
 from modules.components.ink_net import NetConfig, build_net
+from modules.evaluation import EvalConfig
 from modules.ink_module import InkModule
 from tests.test_cli import REPO, make_data, run_script, temp_files, write_config
-from utils.checkpoints import SAFE_TYPES, UnsafeCheckpointError, load_checkpoint
+from utils.checkpoints import LEGACY_NAMES, SAFE_TYPES, UnsafeCheckpointError, load_checkpoint
 
 
 class Payload:
@@ -138,7 +141,23 @@ def test_project_settings_types_load(tmp_path: Path) -> None:
     augment = AugmentConfig(flip_p=0.25, depth_shift=1)
     torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"augment": augment}}, tmp_path / "a.ckpt")
     assert load_checkpoint(tmp_path / "a.ckpt")["datamodule_hyper_parameters"]["augment"] == augment
-    assert "datamodules.transforms.AugmentConfig" in SAFE_TYPES
+    assert "datamodules.augment.transforms.AugmentConfig" in SAFE_TYPES
+
+
+def test_checkpoints_saved_before_the_packages_were_cut_load(tmp_path: Path) -> None:
+    """Settings types moved into sub-packages; a checkpoint naming their former modules still loads."""
+    settings = {"augment": AugmentConfig(flip_p=0.25), "labels": LabelConfig(threshold=0.4), "eval": EvalConfig()}
+    torch.save(settings, tmp_path / "new.ckpt")
+    with zipfile.ZipFile(tmp_path / "new.ckpt") as source, zipfile.ZipFile(tmp_path / "old.ckpt", "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("data.pkl"):  # protocol 2: GLOBAL "module\nname\n", renamed as saved before
+                for old, new in LEGACY_NAMES.items():
+                    (old_module, _, name), (new_module, _, _) = old.rpartition("."), new.rpartition(".")
+                    data = data.replace(f"{new_module}\n{name}\n".encode(), f"{old_module}\n{name}\n".encode())
+                assert b"datamodules.transforms\nAugmentConfig" in data and b"modules.evaluation\nEvalConfig" in data
+            target.writestr(item, data)
+    assert load_checkpoint(tmp_path / "old.ckpt") == settings
 
 
 def test_utils_imports_no_lightning_and_resolves_the_allow_list_on_load(tmp_path: Path) -> None:
@@ -214,7 +233,7 @@ def test_load_from_checkpoint_is_weights_only(run: TinyRun, payload: Path, monke
 def test_a_checkpoint_of_a_real_run_loads_with_every_callback_state(run: TinyRun) -> None:
     checkpoint = load_checkpoint(run.last)
     assert checkpoint["hyper_parameters"]["net"]["encoder"] == "tiny3d"
-    assert checkpoint["datamodule_hyper_parameters"]["z_end"] == 16
+    assert checkpoint["datamodule_hyper_parameters"]["window"]["z_end"] == 16
     assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
     states = {key.split("{")[0]: value for key, value in checkpoint["callbacks"].items()}
     assert {"LatestCheckpoint", "InkEarlyStopping", "GradCAMCallback"} <= set(states)

@@ -65,9 +65,9 @@ def test_read_contract(best: Path, data_dir: Path) -> None:
     assert contract.model["model.net.encoder"] == "tiny3d"
     assert contract.model["model.net.decoder_channels"] == [16, 8, 8]
     assert "model.num_slices" not in contract.model  # linked from the data's slice window
-    assert contract.data_input["data.z_start"] == 4 and contract.data_input["data.z_end"] == 16
-    assert contract.data_input["data.tile_size"] == 32 and contract.data_input["data.augment.depth_shift"] == 2
-    assert contract.data_folder["data.test_fragments"] == ["frag2"]
+    assert contract.data_input["data.window.z_start"] == 4 and contract.data_input["data.window.z_end"] == 16
+    assert contract.data_input["data.tiles.tile_size"] == 32 and contract.data_input["data.augment.depth_shift"] == 2
+    assert contract.data_folder["data.splits.test_fragments"] == ["frag2"]
     assert contract.data_dir == str(data_dir)
 
 
@@ -75,24 +75,27 @@ def test_predict_from_the_checkpoint_alone_on_new_data(best: Path, new_data: Pat
     cli = cli_main(["predict", "--ckpt_path", str(best), "--data.data_dir", str(new_data)])
     assert (in_tmp / "predictions" / "scroll_a_prediction.png").is_file()
     assert cli.model.net_config.encoder == "tiny3d" and cli.model.hparams.num_slices == 12
-    hparams = cli.datamodule.hparams
-    assert (hparams.z_start, hparams.z_end, hparams.tile_size, hparams.eval_stride) == (4, 16, 32, 16)
+    settings = cli.datamodule.settings
+    window, tiles = settings.window, settings.tiles
+    assert (window.z_start, window.z_end, tiles.tile_size, tiles.eval_stride) == (4, 16, 32, 16)
 
 
 def test_test_from_the_checkpoint_alone_uses_its_own_data_and_splits(
     best: Path, data_dir: Path, in_tmp: Path, capsys: Any
 ) -> None:
     cli = cli_main(["test", "--ckpt_path", str(best)])
-    hparams = cli.datamodule.hparams
-    assert hparams.data_dir == str(data_dir) and hparams.test_fragments == ["frag2"] and hparams.test_fold == 2
+    splits = cli.datamodule.settings.splits
+    assert cli.datamodule.hparams.data_dir == str(data_dir)
+    assert splits.test_fragments == ["frag2"] and splits.test_fold == 2
     assert "frag2" in capsys.readouterr().out
 
 
 def test_the_splits_of_the_checkpoint_stay_with_its_own_folder(best: Path, new_data: Path, in_tmp: Path) -> None:
     cli = cli_main(["test", "--ckpt_path", str(best), "--data.data_dir", str(new_data)])
-    hparams = cli.datamodule.hparams
-    assert hparams.train_fragments is None and hparams.test_fragments is None and hparams.folds == 5
-    assert hparams.z_start == 4 and hparams.tile_size == 32
+    settings = cli.datamodule.settings
+    splits = settings.splits
+    assert splits.train_fragments is None and splits.test_fragments is None and splits.folds == 5
+    assert settings.window.z_start == 4 and settings.tiles.tile_size == 32
     assert "test/scroll_a/f05" in cli.trainer.callback_metrics
 
 
@@ -101,8 +104,8 @@ def test_explicit_settings_beat_the_checkpoint(best: Path, new_data: Path, in_tm
     args = ["predict", "--ckpt_path", str(best), "--data.data_dir", str(new_data), "--config", "mine.yaml"]
     printed = printed_config(capsys, [*args, "--model.eval.threshold", "0.3", "--data.tile_size", "48"])
     assert printed["model"]["net"]["encoder"] == "tiny3d" and printed["model"]["eval"]["threshold"] == 0.3
-    assert printed["data"]["tile_size"] == 48 and printed["data"]["eval_stride"] == 8
-    assert printed["data"]["z_start"] == 4 and printed["data"]["data_dir"] == str(new_data)
+    assert printed["data"]["tiles"]["tile_size"] == 48 and printed["data"]["tiles"]["eval_stride"] == 8
+    assert printed["data"]["window"]["z_start"] == 4 and printed["data"]["data_dir"] == str(new_data)
 
 
 def test_another_input_depth_is_a_one_line_error(best: Path, new_data: Path, in_tmp: Path) -> None:
@@ -121,4 +124,4 @@ def test_a_checkpoint_without_data_settings_still_gives_its_model_settings(
     torch.save(checkpoint, in_tmp / "old.ckpt")
     printed = printed_config(capsys, ["predict", "--ckpt_path", "old.ckpt"])
     assert printed["model"]["net"]["encoder"] == "tiny3d"
-    assert printed["data"]["z_start"] == 15 and printed["data"]["data_dir"] == "data/demo"  # the data defaults
+    assert printed["data"]["window"]["z_start"] == 15 and printed["data"]["data_dir"] == "data/demo"  # defaults

@@ -219,7 +219,7 @@ def test_fit_logs_losses_scores_and_lr_per_param_group(trained: TrainedRun) -> N
 def test_fit_saves_a_config_that_names_the_run(trained: TrainedRun) -> None:
     saved = yaml.safe_load((trained.log_dir / "config.yaml").read_text())
     assert saved["model"]["net"]["encoder"] == "tiny3d"
-    assert saved["data"]["z_start"] == 4 and saved["data"]["z_end"] == 16
+    assert saved["data"]["window"]["z_start"] == 4 and saved["data"]["window"]["z_end"] == 16
     assert saved["trainer"]["max_epochs"] == 2
     assert saved["cam"]["every_n_epochs"] == 1
 
@@ -404,8 +404,9 @@ def test_fit_without_config_uses_the_demo_config(in_tmp: Path, capsys: Any) -> N
         cli_main(["fit", "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["demo"] is True
-    assert printed["data"]["ink_ratio"] is None and printed["ema"]["enabled"] is False  # the CPU recipe beneath
+    assert printed["data"]["demo"]["enabled"] is True
+    # the CPU recipe beneath
+    assert printed["data"]["tiles"]["ink_ratio"] is None and printed["ema"]["enabled"] is False
     assert list(in_tmp.iterdir()) == []
 
 
@@ -417,9 +418,9 @@ def test_fit_with_only_a_data_dir_uses_the_cpu_recipe_and_every_fragment(
         cli_main(["fit", "--data.data_dir", str(data_dir), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["demo"] is False
-    assert printed["data"]["train_fragments"] is None and printed["data"]["val_fragments"] is None
-    assert printed["data"]["normalization"] == "fragment" and printed["model"]["loss"]["pos_weight"] == 1.0
+    assert printed["data"]["demo"]["enabled"] is False
+    assert printed["data"]["splits"]["train_fragments"] is None and printed["data"]["splits"]["val_fragments"] is None
+    assert printed["data"]["storage"]["normalization"] == "fragment" and printed["model"]["loss"]["pos_weight"] == 1.0
     assert printed["early_stopping"]["patience_samples"] == 40960
 
 
@@ -430,7 +431,7 @@ def test_a_config_replaces_the_demo_config(data_dir: Path, in_tmp: Path, capsys:
         cli_main(["fit", flag, str(config), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     # Nothing of demo.yaml underneath: the data module's own defaults where tiny.yaml says nothing.
-    assert printed["data"]["demo"] is False and printed["data"]["demo_fragments"] == 2
+    assert printed["data"]["demo"]["enabled"] is False and printed["data"]["demo"]["fragments"] == 2
     assert printed["data"]["data_dir"] == str(data_dir)
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules import cpu_transforms as fast
+from datamodules.augment import cpu_transforms as fast
 from utils.layout import to_channels_first, to_channels_last
 
 SHAPE = (40, 40, 9)  # more than 4 channels: albumentations' chunked path

@@ -36,7 +36,7 @@ def test_fit_with_only_a_data_dir_trains_and_validates_on_every_fragment(
     )
     datamodule = cli.datamodule
     assert cli.trainer.current_epoch == 1
-    assert datamodule.hparams.demo is False and datamodule.hparams.train_fragments is None
+    assert datamodule.settings.demo.enabled is False and datamodule.settings.splits.train_fragments is None
     fragments = datamodule.fragments("train")
     trained_on = {fragments[i].id for i in datamodule.tiles("train").windows[:, 0].tolist()}
     assert trained_on == {"alpha", "beta"}

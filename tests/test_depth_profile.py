@@ -1,4 +1,4 @@
-"""Depth profile, surface detection and layer windows (datamodules/depth_profile.py) on tiny synthetic fragments."""
+"""Depth profile, surface detection and layer windows (datamodules/reading/depth_profile.py) on tiny fragments."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.depth_profile import DepthProfile, depth_profile, detect_surface, smooth
-from datamodules.fragment import Fragment
+from datamodules.reading.depth_profile import DepthProfile, depth_profile, detect_surface, smooth
+from datamodules.reading.fragment import Fragment
 from datamodules.synthetic import make_fragment, slice_name
-from datamodules.synthetic_generator import surface_depth
+from datamodules.synthetic.generator import surface_depth
 from tests.conftest import write_fragment
 from tests.synthetic_files import slice_paths
 

@@ -30,9 +30,24 @@ def test_nothing_points_outside_the_repository(doc: Path) -> None:
 
 
 def test_the_layout_tree_lists_every_source_file() -> None:
-    readme = (ROOT / "README.md").read_text()
-    tree = readme[readme.index("## Project layout") : readme.index("### Where to change what")]
-    for folder in ("datamodules", "modules", "callbacks", "utils", "benchmarks"):
-        for source in sorted((ROOT / folder).glob("*.py")):
+    architecture = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    tree = architecture[architecture.index("## Project layout") : architecture.index("## Where to change what")]
+    for folder in ("datamodules", "modules", "callbacks", "utils", "benchmarks", "lightning_app"):
+        for source in sorted((ROOT / folder).rglob("*.py")):
             if source.name != "__init__.py":
-                assert source.stem in tree, f"README's layout tree does not mention {folder}/{source.name}"
+                assert source.stem in tree, f"the layout tree does not mention {source.relative_to(ROOT)}"
+        for package in sorted(p.parent for p in (ROOT / folder).rglob("__init__.py") if p.parent != ROOT / folder):
+            assert f"{package.name}/" in tree, f"the layout tree does not mention {package.relative_to(ROOT)}/"
+
+
+def test_the_readme_reads_in_five_minutes() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_every_sub_package_names_its_public_api() -> None:
+    packages = [ROOT / name / "__init__.py" for name in ("datamodules", "modules", "callbacks")]
+    for init in packages + sorted(ROOT.glob("*/*/__init__.py")):
+        if init.parts[-3] in ("tests", ".venv") or init.parent.parent.name.startswith("."):
+            continue
+        text = init.read_text()
+        assert "__all__" in text, f"{init.relative_to(ROOT)} does not name its public API in __all__"

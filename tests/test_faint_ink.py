@@ -16,7 +16,7 @@ import pytest
 
 from datamodules.synthetic import FAINT_INK_CONTRAST, FAINT_REALISM, make_fragment
 from lightning_app.cli import CPU_CONFIG, cli_main
-from modules.metrics import fbeta_at
+from modules.evaluation.metrics import fbeta_at
 from tests.conftest import f05_of_predicting_ink_everywhere
 
 MARGIN = 0.15

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from datamodules.fragment import Fragment, discover_fragments, list_slices
+from datamodules.reading.fragment import Fragment, discover_fragments, list_slices
 from tests.conftest import random_fragment_arrays, write_fragment
 
 SHAPE = (12, 40, 48)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.fragment import Fragment
+from datamodules.reading.fragment import Fragment
 from tests.conftest import write_fragment
 
 

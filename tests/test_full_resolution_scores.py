@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.augment.transforms import AugmentConfig
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.transforms import AugmentConfig
 from modules.evaluation import score_stitched
-from modules.metrics import fragment_scores
-from modules.resample import full_resolution_bands
-from modules.stitching import FragmentStitcher
+from modules.evaluation.metrics import fragment_scores
+from modules.evaluation.resample import full_resolution_bands
+from modules.evaluation.stitching import FragmentStitcher
 from tests.conftest import random_fragment_arrays, write_fragment
 
 TILE, STEP = 32, 16

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.fragment import Fragment
-from datamodules.label_rules import LabelConfig
+from datamodules.augment.transforms import TileTransform
+from datamodules.reading.fragment import Fragment
+from datamodules.reading.label_rules import LabelConfig
 from datamodules.tile_dataset import TileDataset
 from datamodules.tiling import TileSet
-from datamodules.transforms import TileTransform
 from tests.conftest import write_fragment
 
 UNKNOWN_127 = LabelConfig(unknown=127)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.augment.transforms import AugmentConfig
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.transforms import AugmentConfig
 from tests.conftest import random_fragment_arrays, write_fragment
 
 NO_AUGMENT = AugmentConfig(enabled=False)

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from datamodules.fragment import Fragment
-from datamodules.intensity import check_normalization, intensity_range
-from datamodules.transforms import normalise
+from datamodules.augment.transforms import normalise
+from datamodules.reading.fragment import Fragment
+from datamodules.reading.intensity import check_normalization, intensity_range
 from tests.conftest import write_fragment
 
 
@@ -49,7 +49,7 @@ def test_cached_once_and_recomputed_when_a_slice_changes(tmp_path, monkeypatch):
     cached = list(fragment.cache_dir.glob("intensity.*.json"))
     assert len(cached) == 1
 
-    import datamodules.intensity as intensity
+    import datamodules.reading.intensity as intensity
 
     monkeypatch.setattr(intensity, "_compute", lambda *a, **k: pytest.fail("recomputed a cached range"))
     assert intensity_range(fragment, 0, 8) == first

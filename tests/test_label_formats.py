@@ -11,15 +11,15 @@ import tifffile
 import torch
 from PIL import Image
 
-from datamodules.fragment import Fragment
-from datamodules.fragment_maps import label_cache
+from datamodules.augment.transforms import AugmentConfig
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.label_rules import LabelConfig
-from datamodules.map_reader import MapReader
+from datamodules.reading.fragment import Fragment
+from datamodules.reading.fragment_maps import label_cache
+from datamodules.reading.label_rules import LabelConfig
+from datamodules.reading.map_reader import MapReader
 from datamodules.synthetic import make_fragment
-from datamodules.synthetic_generator import SyntheticVolume
-from datamodules.synthetic_maps import anti_aliased, grey_levels
-from datamodules.transforms import AugmentConfig
+from datamodules.synthetic.generator import SyntheticVolume
+from datamodules.synthetic.maps import anti_aliased, grey_levels
 from utils.png import StreamingPngWriter
 
 SEGMENT = "20231106155351"

@@ -1,4 +1,4 @@
-"""InkDataModule with ``z_window: auto`` and ``reverse_depth: auto`` (datamodules/layer_window.py)."""
+"""InkDataModule with ``z_window: auto`` and ``reverse_depth: auto`` (datamodules/reading/layer_window.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
+from datamodules.augment.transforms import AugmentConfig
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.intensity import intensity_range
+from datamodules.reading.intensity import intensity_range
 from datamodules.synthetic import make_fragment
-from datamodules.transforms import AugmentConfig
 from tests.test_depth_profile import reversed_copy
 
 TILE = 32
@@ -136,4 +136,4 @@ def test_the_cli_accepts_auto_window_and_order(data_dir, tmp_path, monkeypatch, 
         cli_main([*args, "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)["data"]
-    assert printed["z_window"] == "auto" and printed["reverse_depth"] == "auto"
+    assert printed["window"]["z_window"] == "auto" and printed["window"]["reverse_depth"] == "auto"

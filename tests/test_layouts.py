@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.fragment import Fragment
-from datamodules.layouts import discover_sources, find_maps, find_sources, read_manifest
+from datamodules.reading.fragment import Fragment
+from datamodules.reading.layouts import discover_sources, find_maps, find_sources, read_manifest
 from datamodules.synthetic import make_fragment
-from datamodules.zarr_writer import write_zarr_map, write_zarr_volume
+from datamodules.synthetic.zarr_writer import write_zarr_map, write_zarr_volume
 from tests.conftest import write_fragment
 
 SEGMENT = "20230530164535"

@@ -1,4 +1,4 @@
-"""Tests for whole-fragment ink scores (modules/metrics.py)."""
+"""Tests for whole-fragment ink scores (modules/evaluation/metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryAveragePrecision, BinaryFBetaScore, BinaryPrecisionRecallCurve
 
-from modules import metrics
-from modules.metrics import InkScoreAccumulator, fbeta_at, fragment_scores, overall_scores
+from modules.evaluation import metrics
+from modules.evaluation.metrics import InkScoreAccumulator, fbeta_at, fragment_scores, overall_scores
 
 
 def _hand_fbeta(pred: np.ndarray, label: np.ndarray, beta: float = 0.5) -> float:

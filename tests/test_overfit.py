@@ -9,9 +9,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from datamodules.augment.transforms import AugmentConfig
 from datamodules.ink_datamodule import InkDataModule
 from datamodules.synthetic import make_fragment
-from datamodules.transforms import AugmentConfig
 from modules.components.ink_net import NetConfig
 from modules.ink_module import InkModule
 from modules.losses import LossConfig

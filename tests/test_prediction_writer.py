@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 from callbacks.prediction_writer import InkPredictionWriter
 from datamodules.tiling import grid_positions
-from modules.band_plan import PredictionLayout
 from modules.evaluation import EvalConfig
-from modules.stitching import FragmentStitcher
+from modules.evaluation.stitching import FragmentStitcher
+from modules.prediction.band_plan import PredictionLayout
 from utils.png import StreamingPngWriter
 from utils.rle import rle_decode
 
@@ -211,9 +211,9 @@ def test_bands_of_other_tiles_or_weights_are_not_reused(tmp_path: Path) -> None:
 
 def test_ranks_share_the_bands_and_agree_with_one_process(tmp_path: Path) -> None:
     """Each rank's plan, run on its own (as DDP ranks do), writes its bands; together they equal one process's."""
-    from modules.band_plan import SegmentBands, band_height, plan_rank
-    from modules.band_stitching import BandStitcher
-    from modules.windows import window_weights
+    from modules.evaluation.windows import window_weights
+    from modules.prediction.band_plan import SegmentBands, band_height, plan_rank
+    from modules.prediction.band_stitching import BandStitcher
 
     data = Segments(SHAPES, seed=2)
     segments = [SegmentBands(f, SHAPES[f], band_height(SHAPES[f][1], 16 * 45)) for f in data.ids]
@@ -247,8 +247,8 @@ def test_ranks_share_the_bands_and_agree_with_one_process(tmp_path: Path) -> Non
 
 
 def test_a_band_is_dropped_as_soon_as_its_tiles_are_in() -> None:
-    from modules.band_plan import SegmentBands, plan_rank
-    from modules.band_stitching import BandStitcher
+    from modules.prediction.band_plan import SegmentBands, plan_rank
+    from modules.prediction.band_stitching import BandStitcher
 
     data = Segments({"long": (400, 32)})
     segment = SegmentBands("long", (400, 32), 16)

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from datamodules.fragment import Fragment
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.layouts import fragment_ids
+from datamodules.reading.fragment import Fragment
+from datamodules.reading.layouts import fragment_ids
 from datamodules.synthetic import make_fragment
 from datamodules.tiling import SCOPE_INSIDE, SCOPE_OUTSIDE
 from lightning_app.cli import InkArgumentParser, InkCLI, cli_main
@@ -49,13 +49,14 @@ def test_fit_test_predict_on_grand_prize_segments_with_unquoted_ids(tmp_path: Pa
         + ["--max_epochs", "1", "--disable_callbacks", "[cam, eval_images]", "--trainer.default_root_dir", "runs"]
     )
     datamodule = fit.datamodule
-    assert datamodule.hparams.train_fragments == [TRAIN] and datamodule.hparams.test_fragments == [HELD]
+    assert datamodule.settings.splits.train_fragments == [TRAIN] and datamodule.settings.splits.test_fragments == [HELD]
     assert {f.id for f in datamodule.fragments("train")} == {TRAIN, HELD}
     assert fit.trainer.callback_metrics["test/f05"] >= 0.0
     saved = yaml.safe_load((Path(fit.trainer.log_dir) / "config.yaml").read_text())
-    assert saved["data"]["train_fragments"] == [TRAIN]  # the replayable config holds the id as a string
+    assert saved["data"]["splits"]["train_fragments"] == [TRAIN]  # the replayable config holds the id as a string
     best = Path(fit.trainer.checkpoint_callback.best_model_path)
-    assert load_checkpoint(best)["datamodule_hyper_parameters"]["train_fragments"] == [TRAIN]  # strings stored
+    saved_splits = load_checkpoint(best)["datamodule_hyper_parameters"]["splits"]
+    assert saved_splits["train_fragments"] == [TRAIN]  # strings stored
 
     test = cli_main(["test", "--ckpt_path", str(best), "--trainer.default_root_dir", "runs"])
     assert set(test.datamodule.fragment_shapes("test")) == {HELD}
@@ -75,21 +76,23 @@ def test_fit_test_predict_on_grand_prize_segments_with_unquoted_ids(tmp_path: Pa
 def test_numeric_ids_in_a_yaml_config_are_strings(tmp_path: Path) -> None:
     data = grand_prize_segments(tmp_path / "segments")
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"data": {"data_dir": str(data), "train_fragments": [int(TRAIN)]}}))
+    config.write_text(yaml.safe_dump({"data": {"data_dir": str(data), "splits": {"train_fragments": [int(TRAIN)]}}}))
     cli = InkCLI(
         InkModule,
         InkDataModule,
-        args=["--config", str(config), *TINY, f"--data.val_fragments=[{HELD}]", "--trainer.logger", "false"],
+        args=["--config", str(config), *TINY, f"--data.splits.val_fragments=[{HELD}]", "--trainer.logger", "false"],
         parser_class=InkArgumentParser,
         run=False,
         auto_configure_optimizers=False,
     )
-    assert cli.datamodule.hparams.train_fragments == [TRAIN] and cli.datamodule.hparams.val_fragments == [HELD]
+    splits = cli.datamodule.settings.splits
+    assert splits.train_fragments == [TRAIN] and splits.val_fragments == [HELD]
     assert fragment_ids([20230530164535, "frag1"]) == [TRAIN, "frag1"]
     with pytest.raises(ValueError, match=r"fragment id 2\.5 must be a string or an integer"):
         fragment_ids([2.5])
     datamodule = InkDataModule(data_dir=str(data), train_fragments=[int(TRAIN)], val_fragments=[int(HELD)])
-    assert datamodule.hparams.train_fragments == [TRAIN] and datamodule.hparams.val_fragments == [HELD]
+    splits = datamodule.settings.splits
+    assert splits.train_fragments == [TRAIN] and splits.val_fragments == [HELD]
 
 
 def test_supervision_and_validation_masks_decide_what_trains_and_what_validates(tmp_path: Path, caplog) -> None:

@@ -1,10 +1,10 @@
-"""modules/resample.py: stitched maps upsampled to full resolution in bands, independent of the band size."""
+"""modules/evaluation/resample.py: stitched maps upsampled to full resolution in bands, independent of the band size."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from modules.resample import full_resolution_bands
+from modules.evaluation.resample import full_resolution_bands
 
 
 def test_bands_do_not_depend_on_the_band_size() -> None:

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from datamodules.single_slice import best_single_slice_f05
+from datamodules.synthetic.single_slice import best_single_slice_f05
 
 
 def test_best_single_slice_f05_finds_a_perfect_slice_in_either_polarity(tmp_path: Path) -> None:

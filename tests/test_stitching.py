@@ -1,4 +1,4 @@
-"""Tests for whole-fragment stitching (modules/stitching.py)."""
+"""Tests for whole-fragment stitching (modules/evaluation/stitching.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from modules.stitching import FragmentStitcher
-from modules.windows import WINDOW_KINDS, window_weights
+from modules.evaluation.stitching import FragmentStitcher
+from modules.evaluation.windows import WINDOW_KINDS, window_weights
 
 TILE = 32
 

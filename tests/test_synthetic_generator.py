@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules import synthetic_generator
-from datamodules.single_slice import best_single_slice_f05
+from datamodules.synthetic import generator as synthetic_generator
 from datamodules.synthetic import make_fragment
-from datamodules.synthetic_generator import FAINT_REALISM, Realism, surface_depth
+from datamodules.synthetic.generator import FAINT_REALISM, Realism, surface_depth
+from datamodules.synthetic.single_slice import best_single_slice_f05
 from tests.synthetic_files import read_png, read_volume
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.fragment import Fragment
+from datamodules.augment.transforms import AugmentConfig, TileTransform
+from datamodules.reading.fragment import Fragment
 from datamodules.tile_dataset import TileDataset
 from datamodules.tiling import TileSet
-from datamodules.transforms import AugmentConfig, TileTransform
 from tests.conftest import write_fragment
 from tests.test_transforms import NONE
 

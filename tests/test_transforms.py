@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from datamodules.transforms import AugmentConfig, TileTransform, normalise
+from datamodules.augment.transforms import AugmentConfig, TileTransform, normalise
 
 SIZE = 64
 
@@ -292,7 +292,7 @@ def test_blur_does_not_move_the_image() -> None:
 
 
 def test_each_albumentations_transform_treats_38_slices_like_one() -> None:
-    """All slices at once (`datamodules.cpu_transforms`) must equal slice-by-slice processing (C = 38)."""
+    """All slices at once (`datamodules.augment.cpu_transforms`) must equal slice-by-slice processing (C = 38)."""
     config = AugmentConfig(
         **GEOMETRIC_ALL,
         rotate_limit=30.0,
@@ -332,7 +332,7 @@ def test_brightness_contrast_matches_albumentations_semantics() -> None:
     """Our float32 apply must give what RandomBrightnessContrast gives: x * alpha + beta, clipped to [0, 1]."""
     import albumentations as A
 
-    from datamodules.cpu_transforms import FastBrightnessContrast as _BrightnessContrast
+    from datamodules.augment.cpu_transforms import FastBrightnessContrast as _BrightnessContrast
 
     x = np.random.default_rng(0).random((16, 16, 7), dtype=np.float32)
     for seed in range(5):

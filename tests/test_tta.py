@@ -1,11 +1,11 @@
-"""Tests for test-time augmentation over flipped and rotated views (modules/tta.py)."""
+"""Tests for test-time augmentation over flipped and rotated views (modules/evaluation/tta.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modules.tta import tta_predict
+from modules.evaluation.tta import tta_predict
 
 
 @pytest.mark.parametrize("transforms", ["none", "flips", "rot90", "flips+rot90"])

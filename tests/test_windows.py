@@ -1,11 +1,11 @@
-"""Blending windows (modules/windows.py): strictly positive, symmetric, fading towards the border."""
+"""Blending windows (modules/evaluation/windows.py): strictly positive, symmetric, fading towards the border."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modules.windows import WINDOW_KINDS, window_weights
+from modules.evaluation.windows import WINDOW_KINDS, window_weights
 
 TILE = 32
 

@@ -13,14 +13,14 @@ import torch
 pytest.importorskip("zarr", reason="zarr 3 needs Python >= 3.11")
 from PIL import Image
 
-from datamodules.chunk_cache import ChunkCache, process_cache
-from datamodules.fragment import Fragment, discover_fragments
+from datamodules.augment.transforms import AugmentConfig
 from datamodules.ink_datamodule import InkDataModule
-from datamodules.intensity import intensity_range
-from datamodules.label_rules import LabelConfig
+from datamodules.reading.chunk_cache import ChunkCache, process_cache
+from datamodules.reading.fragment import Fragment, discover_fragments
+from datamodules.reading.intensity import intensity_range
+from datamodules.reading.label_rules import LabelConfig
 from datamodules.synthetic import make_fragment
-from datamodules.transforms import AugmentConfig
-from datamodules.zarr_writer import write_zarr_map, write_zarr_volume
+from datamodules.synthetic.zarr_writer import write_zarr_map, write_zarr_volume
 from tests.conftest import random_fragment_arrays, write_fragment
 
 SHAPE = (13, 70, 58)  # not a multiple of the chunks below, so edge chunks are partial
@@ -218,11 +218,11 @@ def test_zarr_labels_follow_the_png_rules(tmp_path, source):
     np.testing.assert_array_equal(fragment.mask, mask)
     cached = sorted(p.name for p in (folder / ".ink_cache").glob("*.npy"))  # mask, ink, unknown, excluded
     again = Fragment(folder, z_start=0, z_end=4, labels=rules)
-    assert again._label_files == fragment._label_files  # reused, not rebuilt
+    assert again._caches == fragment._caches  # reused, not rebuilt
     labels[0, 0] = 255
     write_zarr_map(folder / "inklabels.zarr", np.where(labels == 1, 255, labels).astype(np.uint8))
     changed = Fragment(folder, z_start=0, z_end=4, labels=rules)
-    assert changed._label_files.ink != fragment._label_files.ink and changed.labels[0, 0]  # a new version
+    assert changed._caches["ink"] != fragment._caches["ink"] and changed.labels[0, 0]  # a new version
     assert len(list((folder / ".ink_cache").glob("inklabels.*.npy"))) == 2 and len(cached) == 4
 
 

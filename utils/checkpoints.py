@@ -31,14 +31,20 @@ import torch
 SAFE_TYPES: tuple[str, ...] = (
     # InkDataModule(augment=AugmentConfig(...), labels=LabelConfig(...)) built in Python saves the dataclasses in
     # `datamodule_hyper_parameters` (LightningCLI saves the config's plain dict instead).
-    "datamodules.transforms.AugmentConfig",
-    "datamodules.label_rules.LabelConfig",
+    "datamodules.augment.transforms.AugmentConfig",
+    "datamodules.reading.label_rules.LabelConfig",
     # InkModule's settings groups, likewise (a LightningCLI run saves them as plain dicts).
     "modules.components.ink_net.NetConfig",
     "modules.losses.LossConfig",
-    "modules.evaluation.EvalConfig",
+    "modules.evaluation.steps.EvalConfig",
     "modules.optimization.OptimConfig",
 )
+# Where those types lived before the packages were cut by concern: checkpoints saved then name them so.
+LEGACY_NAMES: dict[str, str] = {
+    "datamodules.transforms.AugmentConfig": "datamodules.augment.transforms.AugmentConfig",
+    "datamodules.label_rules.LabelConfig": "datamodules.reading.label_rules.LabelConfig",
+    "modules.evaluation.EvalConfig": "modules.evaluation.steps.EvalConfig",
+}
 
 # How torch's weights-only unpickler names the global it refused (torch 2.6 to 2.14 wording).
 _REFUSED_GLOBAL = (
@@ -52,23 +58,28 @@ class UnsafeCheckpointError(ValueError):
     """A checkpoint or weights file holds objects (functions, classes) the safe loader does not build."""
 
 
+def _resolve(dotted: str) -> type:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 @lru_cache(maxsize=1)
 def _resolve_safe_types() -> tuple[type, ...]:
-    types = []
-    for dotted in SAFE_TYPES:
-        module, _, name = dotted.rpartition(".")
-        types.append(getattr(importlib.import_module(module), name))
-    return tuple(types)
+    return tuple(_resolve(dotted) for dotted in SAFE_TYPES)
 
 
 def allow_project_types() -> tuple[type, ...]:
-    """Adds `SAFE_TYPES` to torch's weights-only allow-list for this process; returns the types.
+    """Adds `SAFE_TYPES` (and their `LEGACY_NAMES`) to torch's weights-only allow-list for this process.
 
     Process-wide (``torch.serialization.add_safe_globals``; idempotent), so Lightning's own weights-only loads,
     such as ``LightningModule.load_from_checkpoint``, accept the project's types too.
+
+    Returns:
+        The types.
     """
     types = _resolve_safe_types()
-    torch.serialization.add_safe_globals(list(types))
+    legacy = [(_resolve(new), old) for old, new in LEGACY_NAMES.items()]
+    torch.serialization.add_safe_globals([*types, *legacy])
     return types
 
 

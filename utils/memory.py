@@ -2,8 +2,8 @@
 
 A long prediction frees and reallocates batch-sized buffers thousands of times; glibc keeps much of that freed
 memory in its arenas instead of returning it, so the process's resident memory climbs to a plateau hundreds of MiB
-above what is in use (measured: 1,065 against 526 MiB predicting a 4096² segment with two loader workers). Trimming
-after each batch keeps it at what is in use. Elsewhere (macOS, musl, Windows) this is a no-op.
+above what is in use (docs/BENCHMARKS.md, "Whole-segment prediction memory"). Trimming after each batch keeps it
+at what is in use. Elsewhere (macOS, musl, Windows) this is a no-op.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How label maps are read: ink at or above a threshold, optional soft targets, an optional "unknown" value.
 
 Published ink labels are hand-painted and anti-aliased: 8-bit grey in which every level occurs. A map's values
-(`datamodules.map_reader`) become *levels* 0..255 (0/1 maps: 1 is 255; 16-bit maps: value / 257), then:
+(`datamodules.reading.map_reader`) become *levels* 0..255 (0/1 maps: 1 is 255; 16-bit maps: value / 257), then:
 
 - ink is ``level >= threshold * 255`` (default: at least half-way, 128 and up);
 - with ``soft``, training targets are ``level / 255`` (the Grand Prize code's ``label / 255``); scores still use the

@@ -1,7 +1,7 @@
 """Blending windows: how much each pixel of a tile counts when overlapping tiles are averaged into a fragment map.
 
 Tile borders see less context and predict worse, so a window that fades towards the border gives the centre of
-each tile more say. Kept apart from `modules.stitching` so that the choice of window is one small file.
+each tile more say. Kept apart from `modules.evaluation.stitching` so that the choice of window is one small file.
 """
 
 from __future__ import annotations

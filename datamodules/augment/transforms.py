@@ -7,7 +7,7 @@ Order of operations in training (each step is skipped when its probability is 0)
    albumentations' probabilities);
 3. normalisation to float32 ``[0, 1]``: only the ``D`` chosen slices, gathered from the views in one pass;
 4. albumentations, seeded from the caller's ``rng`` (its transforms applied to all slices at once,
-   `datamodules.cpu_transforms`): Affine on image, label and valid together, then photometric
+   `datamodules.augment.cpu_transforms`): Affine on image, label and valid together, then photometric
    (brightness/contrast, blur, noise, coarse dropout) on the image only;
 5. slice dropout (whole slices set to 0), then depth reversal.
 
@@ -38,7 +38,7 @@ import numpy as np
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
-from datamodules.cpu_transforms import (  # noqa: E402
+from datamodules.augment.cpu_transforms import (  # noqa: E402
     FastAffine,
     FastBrightnessContrast,
     FastGaussianBlur,
@@ -94,7 +94,7 @@ class AugmentConfig:
         depth_reverse_p: Probability of reversing the slice order (some segments are stored reversed).
         enabled: Master switch for training augmentation.
         backend: Where the transforms run. ``albumentations``: per tile in the loader's workers (CPU).
-            ``torch``: per batch on the device the batch lands on (`datamodules.batch_augment`), so the workers
+            ``torch``: per batch on the device the batch lands on (`datamodules.augment.batch_augment`), so the workers
             only read and normalise; for GPU training. Same keys, same meaning; the depth shift is drawn when
             the tile is read in both.
     """
@@ -159,7 +159,7 @@ def normalise(
         image: Array of any shape (a strided view is fine); uint16 is divided by 65535, uint8 by 255, floats pass
             through as float32.
         intensity: ``(lo, hi)`` raw values mapped to 0 and 1 instead (the fragment's robust percentiles, see
-            `datamodules.intensity`); values beyond are clipped.
+            `datamodules.reading.intensity`); values beyond are clipped.
         out: A float32 array of the image's shape to write into (a flipped or rotated view is then gathered into
             a C-contiguous tile in the same pass).
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from datamodules.fragment_maps import save_npy
+from datamodules.reading.fragment_maps import save_npy
 
 SLICE_DIRS = ("surface_volume", "layers")
 _SLICE_NAME = re.compile(r"^(\d+)\.tiff?$", re.IGNORECASE)

@@ -5,7 +5,7 @@ slice window (``z_start=15, z_end=45``) can miss the surface. The *depth profile
 layer inside the papyrus mask) shows where the bright papyrus lies; this file finds the surface on it and
 suggests a window of the model's input depth centred there.
 
-Orientation convention: the project's synthetic fragments (`datamodules.synthetic_generator`) are the NORMAL
+Orientation convention: the project's synthetic fragments (`datamodules.synthetic.generator`) are the NORMAL
 orientation. Going up in layer index you pass from the air in front of the written face into the sheet: the
 surface is the air → papyrus (rising) edge and the papyrus lies at higher indices than the surface, with the ink
 just behind the surface. A volume stored *reversed* shows the mirror image: papyrus at low indices, the surface
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from datamodules.fragment import Fragment
+    from datamodules.reading.fragment import Fragment
 
 # About 16 k pixels a layer: the mean then has a relative error well under 1 %, and a 14830 x 9506 segment costs a
 # few hundred strided rows per layer to read.

@@ -34,8 +34,8 @@ from pathlib import Path
 import yaml
 from jsonargparse.typing import register_type
 
-from datamodules.map_reader import MAP_SUFFIXES
-from datamodules.volume_tiff import SLICE_DIRS
+from datamodules.reading.map_reader import MAP_SUFFIXES
+from datamodules.reading.volume_tiff import SLICE_DIRS
 
 ROLES = ("mask", "inklabels", "ignore", "supervision", "validation")
 

@@ -24,7 +24,7 @@ import numpy as np
 from utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from datamodules.fragment import Fragment
+    from datamodules.reading.fragment import Fragment
 
 NORMALIZATIONS = ("fragment", "dtype")
 _SAMPLES_PER_SLICE = 1 << 18

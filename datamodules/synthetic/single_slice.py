@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from datamodules.fragment import SLICE_DIRS, find_volume_dir, list_slices
-from datamodules.fragment_maps import read_binary_map
+from datamodules.reading.fragment import SLICE_DIRS, find_volume_dir, list_slices
+from datamodules.reading.fragment_maps import read_binary_map
 
 _HISTOGRAM_ROWS = 1024  # row band of the level histograms, to bound memory on large slices
 _FLOAT_LEVELS = 4096

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.fragment import discover_fragments
+from datamodules.reading.fragment import discover_fragments
 
 __all__ = ["check_demo_folder", "has_fragments"]
 

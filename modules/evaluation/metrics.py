@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from modules.distributed import all_reduce_sum
+from modules.evaluation.distributed import all_reduce_sum
 from utils.checks import check_int, check_range
 
 __all__ = ["InkScoreAccumulator", "fbeta_at", "fragment_scores", "overall_scores"]

@@ -3,7 +3,7 @@
 `InkDataModule` opens its fragments through `open_fragment`: with ``z_window="fixed"`` and a list of reversed
 fragment names it opens them as always; with ``z_window="auto"`` each fragment's window of the model's input depth
 is centred on its papyrus surface, and with ``reverse_depth="auto"`` each fragment found stored in reverse order is
-opened with ``reverse_depth=True`` (`datamodules.depth_profile` says how, and which order counts as normal).
+opened with ``reverse_depth=True`` (`datamodules.reading.depth_profile` says how, and which order counts as normal).
 Windows are in the depth order after ``reverse_depth``, as `Fragment`'s ``z_start``/``z_end`` are.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
-from datamodules.depth_profile import SurfaceEstimate, depth_profile, detect_surface
-from datamodules.fragment import Fragment, FragmentSources
-from datamodules.label_rules import LabelConfig
+from datamodules.reading.chunk_cache import DEFAULT_CHUNK_CACHE_MB
+from datamodules.reading.depth_profile import SurfaceEstimate, depth_profile, detect_surface
+from datamodules.reading.fragment import Fragment, FragmentSources
+from datamodules.reading.label_rules import LabelConfig
 
 AUTO = "auto"
 Z_WINDOWS = ("fixed", AUTO)

@@ -1,4 +1,4 @@
-"""Blending overlapping tile predictions back into whole-fragment maps (TTA lives in `modules.tta`).
+"""Blending overlapping tile predictions back into whole-fragment maps (TTA lives in `modules.evaluation.tta`).
 
 The metric of the task is F0.5 over the whole fragment, so validation, test and prediction tiles are
 stitched into one map per fragment before anything is scored or written. Each tile's probabilities
@@ -17,7 +17,7 @@ fragment when no box is given). For a box of ``h × w`` full-resolution pixels t
 
 `finish` turns the sums into the probability map in place and frees the weights before any map for the
 callbacks is built; `result` (with ``release``) then frees the flags before it converts the probabilities.
-The measured peak is in README ("Stitching memory", ``scripts/benchmark.py --stitch-memory``).
+The measured peak is in docs/BENCHMARKS.md ("Stitching memory", ``scripts/benchmark.py --stitch-memory``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from modules.distributed import all_reduce_chunked, comm_device
-from modules.resample import BAND_PIXELS, band_rows, prob_band
-from modules.windows import WINDOW_KINDS, check_tile_and_stride, window_weights
+from modules.evaluation.distributed import all_reduce_chunked, comm_device
+from modules.evaluation.resample import BAND_PIXELS, band_rows, prob_band
+from modules.evaluation.windows import WINDOW_KINDS, check_tile_and_stride, window_weights
 
 __all__ = ["WINDOW_KINDS", "FragmentStitcher", "window_weights"]
 
@@ -322,7 +322,7 @@ class FragmentStitcher:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Full-resolution ``(prob float32, label uint8, valid bool)`` row bands of the fragment's box, for scoring.
 
-        The probabilities are upsampled from the stored map (`modules.resample.prob_band`); ``label`` and ``valid``
+        Probabilities are upsampled from the stored map (`modules.evaluation.resample.prob_band`); ``label``, ``valid``
         are the full-resolution flags. Band ``k`` goes to rank ``k % world``, so ranks can share the counting.
         Calls :meth:`finish` first.
         """

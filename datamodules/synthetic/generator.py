@@ -4,7 +4,7 @@ A fragment is a papyrus sheet lying in the volume at a surface depth ``z_s(y, x)
 across the fragment. The sheet has fibre texture (horizontal and vertical streaks); letter-like ink strokes
 lie on its surface and change the intensity only faintly, and only in the 2-3 slices at ``z_s``. Because the
 surface wobbles and the ink is weaker than the per-pixel noise, no single slice thresholded globally finds
-the ink (see `datamodules.single_slice.best_single_slice_f05`), while a model that follows the surface over
+the ink (see `datamodules.synthetic.single_slice.best_single_slice_f05`), while a model that follows the surface over
 depth and pools over space can.
 
 Generation never holds the volume: the 2-D fields (surface depth, sheet brightness, ink, mask) are built
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from datamodules.synthetic_fields import REFERENCE_DEPTH, SmoothField, bands
-from datamodules.synthetic_strokes import render_ink
+from datamodules.synthetic.fields import REFERENCE_DEPTH, SmoothField, bands
+from datamodules.synthetic.strokes import render_ink
 from utils.checks import check_int, check_range
 
 # Intensities in units of the dtype's full range (1.0 = 65535 for uint16, 255 for uint8).

@@ -172,7 +172,7 @@ class MapReader:
         self._pending: dict[int, np.ndarray] = {}  # decoded rows not yet handed out, by first row
 
     def _open_zarr(self) -> None:
-        from datamodules.volume_zarr import native_dtype, open_node, resolve_array
+        from datamodules.reading.volume_zarr import native_dtype, open_node, resolve_array
 
         label = f"{self.what} '{self.path}'"
         node = open_node(self.path, label)

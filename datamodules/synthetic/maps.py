@@ -1,6 +1,6 @@
 """A synthetic fragment's 2-D maps written as the community writes them: each layout's names, each label storage.
 
-`datamodules.synthetic.make_fragment` calls `write_maps` after the slices. Layouts (`datamodules.layouts`):
+`datamodules.synthetic.make_fragment` calls `write_maps` after the slices. Layouts (`datamodules.reading.layouts`):
 
 - ``kaggle``: ``mask.png``, ``inklabels<suffix>``;
 - ``segment`` (published scroll segments, the Grand Prize code): ``<id>_mask.png``, ``<id>_inklabels<suffix>``;
@@ -8,7 +8,7 @@
   ``<id>_inklabels<suffix>`` (version 1, which must lose), ``<id>_supervision_mask.png`` (the papyrus less its
   left eighth: an unlabelled strip) and ``<id>_validation_mask.png`` (rows 60-80 % of the height).
 
-Label storages (`datamodules.label_rules` says how each is read): ``binary`` (0/255 grey), ``grey`` (anti-aliased:
+Label storages (`datamodules.reading.label_rules` says how each is read): ``binary`` (0/255), ``grey`` (anti-aliased:
 the labels averaged over 3x3 pixels, so edges take every level), ``palette`` (indices into a black/red palette),
 ``rgba`` (white ink on transparent), ``grey-alpha``, ``16-bit`` (grey levels x 257). Suffixes: ``.png``, ``.tif``
 (strips, zlib), ``.tiff`` (64x64 tiles, zlib), ``.zarr`` (grey and binary only).
@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from datamodules.zarr_writer import write_zarr_map
+from datamodules.synthetic.zarr_writer import write_zarr_map
 from utils.atomic import atomic_path
 from utils.png import write_png
 

@@ -1,23 +1,24 @@
 """A fragment on disk: a lazy ``[Z, H, W]`` volume with its papyrus mask and ink labels.
 
 Nothing here loads a volume into RAM. The volume is either a folder of numbered TIFF slices, memory-mapped
-(`datamodules.volume_tiff`), or a Zarr array / OME-Zarr group, local (``surface_volume.zarr``) or remote
+(`datamodules.reading.volume_tiff`), or a Zarr array / OME-Zarr group, local (``surface_volume.zarr``) or remote
 (``surface_volume.url`` holding an fsspec URL), read chunk by chunk through a bounded cache
-(`datamodules.volume_zarr`). Where each file is comes from `datamodules.layouts` (the community's folder
+(`datamodules.reading.volume_zarr`). Where each file is comes from `datamodules.reading.layouts` (the community's folder
 layouts, or a manifest); masks and labels, PNG, TIFF or zarr, become memory-mapped ``.npy`` caches
-(`datamodules.fragment_maps`). This class picks the backend and gives both one interface.
+(`datamodules.reading.fragment_maps`). This class picks the backend and gives both one interface.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.chunk_cache import DEFAULT_CHUNK_CACHE_MB
-from datamodules.fragment_maps import LabelFiles, binary_cache, excluded_cache, label_cache, source_stamp
-from datamodules.label_rules import LabelConfig
-from datamodules.layouts import (
+from datamodules.reading.chunk_cache import DEFAULT_CHUNK_CACHE_MB
+from datamodules.reading.fragment_maps import binary_cache, excluded_cache, label_cache, source_stamp
+from datamodules.reading.label_rules import LabelConfig
+from datamodules.reading.layouts import (
     FragmentSources,
     discover_fragments,
     discover_sources,
@@ -25,8 +26,15 @@ from datamodules.layouts import (
     find_volume,
     volume_candidates,
 )
-from datamodules.volume_tiff import SLICE_DIRS, SliceInfo, TiffVolume, find_volume_dir, inspect_slice, list_slices
-from datamodules.volume_zarr import ZarrPlane, ZarrVolume, describe, read_url_file
+from datamodules.reading.volume_tiff import (
+    SLICE_DIRS,
+    SliceInfo,
+    TiffVolume,
+    find_volume_dir,
+    inspect_slice,
+    list_slices,
+)
+from datamodules.reading.volume_zarr import ZarrPlane, ZarrVolume, describe, read_url_file
 from utils.layout import to_channels_last
 
 __all__ = [
@@ -67,7 +75,7 @@ class Fragment:
     DDP processes without file handles, maps or zarr stores.
 
     Args:
-        path: the fragment folder (its files found as `datamodules.layouts` describes), or its `FragmentSources`.
+        path: the fragment folder (its files found as `datamodules.reading.layouts` says), or its `FragmentSources`.
         z_start: first slice of the range the model sees (in depth order after ``reverse_depth``).
         z_end: one past the last slice of that range.
         reverse_depth: the fragment is stored with its depth order reversed; slice ``z`` is read from
@@ -117,26 +125,34 @@ class Fragment:
         # (lo, hi) raw values mapped to 0 and 1 by the model's input normalisation; None: the dtype's range.
         self.intensity: tuple[float, float] | None = None
 
-        # Every map becomes a memory-mapped .npy cache like the slices (see datamodules/fragment_maps.py).
+        # Every map becomes a memory-mapped .npy cache like the slices (see datamodules/reading/fragment_maps.py).
         shape, maps = (self.height, self.width), self.sources.maps
-        self._binary = {
+        binary = {
             role: binary_cache(maps[role], self.cache_dir, shape, role, _WHAT[role])
             for role in ("mask", "ignore", "supervision", "validation")
             if role in maps
         }
-        self._label_files: LabelFiles | None = None
-        if "inklabels" in maps:
-            self._label_files = label_cache(maps["inklabels"], self.cache_dir, shape, self.label_rules)
-        elif require_labels:
+        labels_files = (
+            label_cache(maps["inklabels"], self.cache_dir, shape, self.label_rules) if "inklabels" in maps else None
+        )
+        if labels_files is None and require_labels:
             raise FileNotFoundError(
                 f"fragment '{self.id}' ({self.path}) has no ink labels: expected inklabels.png, "
                 f"{self.id}_inklabels[_vN].png/.tif/.tiff/.zarr, or a manifest naming them"
             )
-        excluded = [self._binary[r] for r in ("ignore",) if r in self._binary]
-        if self._label_files is not None and self._label_files.unknown is not None:
-            excluded.append(self._label_files.unknown)
-        included = [self._binary["supervision"]] if "supervision" in self._binary else []
-        self._excluded_file = excluded_cache(self.cache_dir, shape, included, excluded)
+        excluded = [binary[r] for r in ("ignore",) if r in binary]
+        if labels_files is not None and labels_files.unknown is not None:
+            excluded.append(labels_files.unknown)
+        included = [binary["supervision"]] if "supervision" in binary else []
+        found = {
+            **binary,
+            "ink": labels_files.ink if labels_files else None,
+            "levels": labels_files.levels if labels_files else None,
+            "summary": labels_files.summary if labels_files else None,
+            "excluded": excluded_cache(self.cache_dir, shape, included, excluded),
+        }
+        # Every cache lies in cache_dir: keep their names only (small to pickle to every worker).
+        self._caches: dict[str, str] = {key: path.name for key, path in found.items() if path is not None}
 
     def _open_volume(self, cache_bytes: int) -> TiffVolume | ZarrVolume:
         source = self.sources.volume
@@ -162,46 +178,47 @@ class Fragment:
         """``"tiff"`` or ``"zarr"``: how the volume is stored."""
         return "zarr" if isinstance(self._volume, ZarrVolume) else "tiff"
 
-    def _role(self, role: str) -> np.ndarray | None:
-        path = self._binary.get(role)
-        return None if path is None else self._open_npy(path)
+    def _cached(self, key: str) -> np.ndarray | None:
+        """The memory-mapped cache of ``key`` (a map role, ``ink``, ``levels``, ``excluded``), or None."""
+        name = self._caches.get(key)
+        return None if name is None else self._open_npy(self.cache_dir / name)
 
     @property
     def mask(self) -> np.ndarray:
         """Papyrus mask, bool ``[H, W]`` (memory-mapped; all True when the fragment has no mask)."""
-        found = self._role("mask")
+        found = self._cached("mask")
         return np.broadcast_to(np.True_, (self.height, self.width)) if found is None else found
 
     @property
     def has_mask(self) -> bool:
         """Whether the fragment has a mask (without one every pixel counts as papyrus)."""
-        return "mask" in self._binary
+        return "mask" in self._caches
 
     @property
     def labels(self) -> np.ndarray | None:
         """Ink labels at the label threshold, bool ``[H, W]`` (memory-mapped), or None without labels."""
-        return None if self._label_files is None else self._open_npy(self._label_files.ink)
+        return self._cached("ink")
 
     @property
     def label_levels(self) -> np.ndarray | None:
         """Grey label levels 0..255, uint8 ``[H, W]`` (memory-mapped); None without labels or for binary ones."""
-        files = self._label_files
-        return None if files is None or files.levels is None else self._open_npy(files.levels)
+        return self._cached("levels")
 
     @property
     def label_summary(self) -> dict | None:
         """What the label file is (``storage``, ``kind`` binary / grey, ``levels``, ``partial``), or None."""
-        return None if self._label_files is None else self._label_files.read_summary()
+        name = self._caches.get("summary")
+        return None if name is None else json.loads((self.cache_dir / name).read_text())
 
     @property
     def supervision(self) -> np.ndarray | None:
         """Where labels are trusted, bool ``[H, W]`` (memory-mapped), or None: everywhere."""
-        return self._role("supervision")
+        return self._cached("supervision")
 
     @property
     def validation(self) -> np.ndarray | None:
         """The region that validates (and never trains), bool ``[H, W]`` (memory-mapped), or None."""
-        return self._role("validation")
+        return self._cached("validation")
 
     @property
     def ignore(self) -> np.ndarray | None:
@@ -210,7 +227,7 @@ class Fragment:
         The union of the ignore map, the labels' ``unknown`` level (when one is set) and everything outside the
         supervision map: uncertain regions are better left unscored than counted as ink or as papyrus.
         """
-        return None if self._excluded_file is None else self._open_npy(self._excluded_file)
+        return self._cached("excluded")
 
     def _open_npy(self, path: Path) -> np.ndarray:
         cached = self._npy.get(path)

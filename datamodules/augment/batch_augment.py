@@ -1,6 +1,6 @@
 """Training augmentation of a whole batch in torch, on the device the batch is on (``augment.backend: torch``).
 
-The albumentations path (`datamodules.transforms`) augments one tile at a time in the loader's worker processes;
+The albumentations path (`datamodules.augment.transforms`) augments one tile at a time in the loader's worker processes;
 on a GPU host those workers, not the GPU, set the pace. This path takes the same `AugmentConfig` keys with the
 same meaning and applies them to ``[B, D, H, W]`` batches after they reach the device
 (`InkDataModule.on_after_batch_transfer`), so the workers only read and normalise. Each sample draws its own
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.transforms import AugmentConfig
+from datamodules.augment.transforms import AugmentConfig
 
 __all__ = ["augment_batch"]
 

@@ -3,8 +3,8 @@
 A real segment's maps reach 330 Mpx each; read into every DataLoader worker they would multiply that by the
 worker count. So each map is read and checked once per version (the cache name carries the source's name, size
 and modification time, or a digest of a zarr folder's files), written band by band as an uncompressed ``.npy``
-that the fragment then memory-maps like its slices. Reading goes through `datamodules.map_reader` (every file
-format and colour type); label rules are `datamodules.label_rules`. The atomic ``.npy`` writer here also serves
+that the fragment then memory-maps like its slices. Reading goes through `datamodules.reading.map_reader` (every file
+format and colour type); label rules are `datamodules.reading.label_rules`. The atomic ``.npy`` writer here also serves
 the fragment's converted TIFF slices.
 
 Caches, in the fragment's cache folder (``<role>`` is ``mask``, ``inklabels``, ``ignore``, ``supervision``,
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.label_rules import LabelConfig, is_binary, to_levels
-from datamodules.map_reader import MapReader
+from datamodules.reading.label_rules import LabelConfig, is_binary, to_levels
+from datamodules.reading.map_reader import MapReader
 from utils.atomic import TMP_SUFFIX, atomic_open, atomic_write_text
 
 _BAND_ROWS = 1024  # rows per band when combining cached maps
@@ -40,7 +40,7 @@ def source_stamp(path: Path) -> str:
     """The version of a map source, for cache names: its name with a file's size and mtime, or a zarr's digest."""
     name = hashlib.sha1(path.name.encode()).hexdigest()[:6]
     if path.suffix == ".zarr":
-        from datamodules.volume_zarr import zarr_stamp
+        from datamodules.reading.volume_zarr import zarr_stamp
 
         return f"{name}z{zarr_stamp(path)}"
     stat = path.stat()
@@ -147,13 +147,9 @@ class LabelFiles:
     unknown: Path | None
     summary: Path
 
-    def read_summary(self) -> dict:
-        """The summary's contents."""
-        return json.loads(self.summary.read_text())
-
 
 def label_cache(source: Path, cache_dir: Path, shape: tuple[int, int], rules: LabelConfig) -> LabelFiles:
-    """The caches of a label map under ``rules`` (see `datamodules.label_rules`), made once per version.
+    """The caches of a label map under ``rules`` (see `datamodules.reading.label_rules`), made once per version.
 
     Two passes over the source: the first counts its values (binary or grey, and on which scale), the second
     writes the caches band by band.

@@ -1,15 +1,16 @@
 """Whole-fragment evaluation: `EvalConfig` (``--model.eval.*``), and the stitching and scoring InkModule runs.
 
 The task's metric is F0.5 over whole fragments, so validation and test tiles are first turned into
-probabilities (`modules.tta` when ``tta`` is on), blended into one map per fragment (`modules.stitching`), and only
-then scored (`modules.metrics`). This file holds the settings of that path and the steps the LightningModule calls;
-the module keeps the state callbacks read (``last_eval_maps``, ``val_threshold``). Prediction tiles are stitched
-band by band by `callbacks.prediction_writer.InkPredictionWriter` instead.
+probabilities (`modules.evaluation.tta` when ``tta`` is on), blended into one map per fragment
+(`modules.evaluation.stitching`), and only then scored (`modules.evaluation.metrics`). This file holds the settings
+of that path and the steps the LightningModule calls; the module keeps the state callbacks read
+(``last_eval_maps``, ``val_threshold``). Prediction tiles are stitched band by band by
+`callbacks.prediction_writer.InkPredictionWriter` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,12 +18,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from modules.distributed import distributed_world
-from modules.metrics import InkScoreAccumulator
-from modules.stitching import FragmentStitcher
-from modules.tta import tta_predict
-from modules.windows import window_weights
+from modules.evaluation.distributed import distributed_world
+from modules.evaluation.metrics import InkScoreAccumulator
+from modules.evaluation.stitching import FragmentStitcher
+from modules.evaluation.tta import tta_predict
+from modules.evaluation.windows import window_weights
 from utils.checks import check_int, check_threshold
+from utils.hparams import grouped_setting
 
 # Full-resolution pixels per scored band: bounds the upsampling and counting temporaries to a few tens of MB.
 SCORE_BAND_PIXELS = 1 << 20
@@ -71,9 +73,8 @@ def datamodule_tile_size(trainer: pl.Trainer) -> int | None:
     """The data module's tile size (attribute or hyperparameter); None if it does not say."""
     datamodule = getattr(trainer, "datamodule", None)
     size = getattr(datamodule, "tile_size", None)
-    hparams = getattr(datamodule, "hparams", None)
-    if size is None and isinstance(hparams, Mapping):
-        size = hparams.get("tile_size")
+    if size is None:
+        size = grouped_setting(getattr(datamodule, "hparams", None), "tiles", "tile_size")
     return int(size) if size is not None else None
 
 

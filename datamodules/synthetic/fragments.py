@@ -2,8 +2,9 @@
 
 This file is the writer: the folder layout, the TIFF and PNG variants the real data comes in, and the
 completeness rules that let a crashed run be resumed. What the pixels are is the generator's job
-(`datamodules.synthetic_generator`), and the single-slice bound that shows the ink needs learning is
-`datamodules.single_slice`. `make_fragment`, `make_demo_data`, `Realism` and the faint regime import from here.
+(`datamodules.synthetic.generator`), and the single-slice bound that shows the ink needs learning is
+`datamodules.synthetic.single_slice`. The package exports `make_fragment`, `make_demo_data`, `Realism` and
+the faint regime.
 
 Every file is written under a temporary name in its folder and renamed when complete, and the slices come
 before the PNGs, so a crash never leaves a folder that looks whole.
@@ -18,8 +19,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from datamodules.fragment import volume_candidates
-from datamodules.synthetic_generator import (
+from datamodules.reading.fragment import volume_candidates
+from datamodules.synthetic.generator import (
     FAINT_INK_CONTRAST,
     FAINT_REALISM,
     INK_CONTRAST,
@@ -27,8 +28,8 @@ from datamodules.synthetic_generator import (
     SyntheticVolume,
     check_volume_args,
 )
-from datamodules.synthetic_maps import check_map_args, remove_maps, write_maps
-from datamodules.zarr_writer import ZARR_FORMATS, write_zarr_volume
+from datamodules.synthetic.maps import check_map_args, remove_maps, write_maps
+from datamodules.synthetic.zarr_writer import ZARR_FORMATS, write_zarr_volume
 from utils.atomic import TMP_SUFFIX, atomic_path
 from utils.checks import check_int
 from utils.png import write_png
@@ -101,10 +102,10 @@ def make_fragment(
             ``"ome-zarr"`` (the same name, an OME-Zarr group whose level 0 is the array). Zarr volumes are
             written one chunk-depth slab at a time and renamed into place when complete.
         zarr_format: 2 or 3 (zarr formats only).
-        chunks: zarr chunk shape ``(z, y, x)``; default ``(8, 128, 128)`` (see `datamodules.zarr_writer`).
+        chunks: zarr chunk shape ``(z, y, x)``; default ``(8, 128, 128)`` (see `datamodules.synthetic.zarr_writer`).
         map_layout: how the maps are named: ``kaggle`` (``mask.png``, ``inklabels.png``), ``segment``
             (``<id>_mask.png``, ``<id>_inklabels…``) or ``monorepo`` (versioned labels, supervision and validation
-            masks); see `datamodules.synthetic_maps`.
+            masks); see `datamodules.synthetic.maps`.
         label_style: how the labels are stored: ``binary``, ``grey`` (anti-aliased), ``palette``, ``rgba``,
             ``grey-alpha`` or ``16-bit``.
         label_suffix: the labels' format: ``.png``, ``.tif`` (strips), ``.tiff`` (tiles) or ``.zarr``.

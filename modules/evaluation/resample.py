@@ -1,6 +1,6 @@
 """Upsampling of stitched probability maps to a fragment's full resolution, in row bands to bound memory.
 
-`modules.stitching.FragmentStitcher` may keep a fragment's maps at ``1/stitch_stride`` resolution (a stored pixel
+`modules.evaluation.stitching.FragmentStitcher` may keep a fragment's maps at ``1/stitch_stride`` resolution (a pixel
 covers an ``s × s`` block); whatever writes full-size outputs turns them back into full-resolution bands here.
 Plain numpy, so the rule can be tested and reused without a Trainer.
 """
@@ -98,7 +98,7 @@ def full_resolution_bands(
 
     Probabilities are interpolated bilinearly (`prob_band`), ``valid`` by nearest neighbour. A stored pixel
     ``(i, j)`` of a map kept at ``1/s`` resolution covers the full-resolution block starting at ``(i * s, j * s)``
-    (as `modules.stitching.FragmentStitcher` stores them). Maps already at full resolution are sliced, not copied.
+    (as `modules.evaluation.stitching.FragmentStitcher` stores them). Full-resolution maps are sliced, not copied.
 
     Args:
         prob: float ``[h, w]`` probabilities.

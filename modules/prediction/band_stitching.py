@@ -1,9 +1,9 @@
 """BandStitcher: blends prediction tiles into row bands and hands each band over as soon as it is complete.
 
-The whole-segment counterpart of `modules.stitching.FragmentStitcher` for prediction: the same window-weighted mean
+The whole-segment counterpart of `modules.evaluation.stitching.FragmentStitcher`: the same window-weighted mean
 at full resolution, but only the bands that tiles currently overlap are held (tiles arrive in row order), so memory
 is bounded by a few bands whatever the segment's size. Which bands this process finishes, and how many tiles
-overlap each, come from `modules.band_plan.plan_rank`.
+overlap each, come from `modules.prediction.band_plan.plan_rank`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from modules.band_plan import SegmentBands
+from modules.prediction.band_plan import SegmentBands
 
 # (fragment id, band index, rows (r0, r1), probability float32 [n, W], valid bool [n, W])
 BandSink = Callable[[str, int, tuple[int, int], np.ndarray, np.ndarray], None]
@@ -24,7 +24,7 @@ class BandStitcher:
     Args:
         segments: ``{fragment_id: SegmentBands}``.
         counts: ``{fragment_id: {band: tiles overlapping it}}``: the bands this process finishes.
-        weights: float32 ``[T, T]`` blending window (`modules.windows.window_weights`).
+        weights: float32 ``[T, T]`` blending window (`modules.evaluation.windows.window_weights`).
         sink: Called once per finished band, in the order bands finish, with the weighted-mean probability (0
             where no tile reached) and ``valid`` (covered by a tile and inside the tile's valid map).
     """

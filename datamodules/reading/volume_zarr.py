@@ -1,9 +1,9 @@
 """A volume stored as a Zarr array (v2 or v3) or OME-Zarr multiscale group, local or behind an fsspec URL.
 
-Chunks are decoded on demand and kept in the process's byte-bounded LRU cache (`datamodules.chunk_cache`),
+Chunks are decoded on demand and kept in the process's byte-bounded LRU cache (`datamodules.reading.chunk_cache`),
 so memory stays flat however large the volume is. The zarr handle is opened lazily in each process, so the
 volume pickles to DataLoader workers and DDP processes without open stores. The same opening and checking
-serves the 2-D ``mask.zarr`` / ``inklabels.zarr`` maps (`datamodules.fragment_maps`).
+serves the 2-D ``mask.zarr`` / ``inklabels.zarr`` maps (`datamodules.reading.fragment_maps`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ try:  # zarr 3 needs Python >= 3.11; TIFF fragments work without it
 except ImportError:  # pragma: no cover - only on Python 3.10 or without zarr
     zarr = None  # type: ignore[assignment]
 
-from datamodules.chunk_cache import process_cache
+from datamodules.reading.chunk_cache import process_cache
 
 NO_ZARR = "zarr volumes need the zarr package (zarr>=3, Python >= 3.11): pip install 'zarr>=3,<4'"
 
