@@ -186,8 +186,8 @@ class DemoConfig:
         enabled: make them (only into a missing, empty or demo folder, never beside other data).
         size: height and width of each demo fragment.
         fragments: number of demo fragments.
-        ink_contrast: the demo ink's peak brightness (fraction of the dtype's range; the per-pixel noise is 0.022).
-            0.10 keeps the best single-slice threshold at F0.5 0.2-0.3 yet lets a CPU run learn in minutes.
+        ink_contrast: the demo ink's peak brightness (fraction of the dtype's range; the per-pixel noise is 0.022):
+            strong enough for a CPU run to learn in minutes, too faint for a single-slice threshold (README).
     """
 
     enabled: bool = False
