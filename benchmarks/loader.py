@@ -30,14 +30,14 @@ __all__ = ["loader_rates"]
 def _dataset(data_dir: Path, z_start: int, z_end: int, tile: int, backend: str):
     from datamodules.augment.transforms import AugmentConfig
     from datamodules.ink_datamodule import InkDataModule
+    from datamodules.settings import LoaderConfig, SplitConfig, TileConfig, WindowConfig
 
     dm = InkDataModule(
         data_dir=str(data_dir),
-        z_start=z_start,
-        z_end=z_end,
-        tile_size=tile,
-        val_fold=None,
-        num_workers=0,
+        splits=SplitConfig(val_fold=None),
+        window=WindowConfig(z_start=z_start, z_end=z_end),
+        tiles=TileConfig(tile_size=tile),
+        loader=LoaderConfig(num_workers=0),
         augment=AugmentConfig(backend=backend),
     )
     dm.setup("fit")

@@ -58,14 +58,18 @@ def child(data_dir: str, out_dir: str, workers: int, batch: int) -> dict:
 
     from callbacks.prediction_writer import InkPredictionWriter
     from datamodules.ink_datamodule import InkDataModule
+    from datamodules.settings import LoaderConfig, StorageConfig, TileConfig, WindowConfig
     from modules.components.ink_net import NetConfig
     from modules.ink_module import InkModule
 
     torch.manual_seed(0)
     data = InkDataModule(
-        data_dir=data_dir, tile_size=TILE, eval_stride=STRIDE, z_start=0, z_end=DEPTH, num_workers=workers,
-        eval_batch_size=batch, normalization="fragment",
-    )  # fmt: skip
+        data_dir=data_dir,
+        window=WindowConfig(z_start=0, z_end=DEPTH),
+        tiles=TileConfig(tile_size=TILE, eval_stride=STRIDE),
+        loader=LoaderConfig(num_workers=workers, eval_batch_size=batch),
+        storage=StorageConfig(normalization="fragment"),
+    )
     module = InkModule(num_slices=DEPTH, net=NetConfig(encoder="resnet10t", decoder_channels=[128, 64, 32, 16]))
     writer = InkPredictionWriter(output_dir=out_dir, formats=["tiff", "png"])
     trainer = pl.Trainer(

@@ -70,9 +70,9 @@ def run_project(data: Path, seed: int, budget_s: float, out: Path, extra: list[s
     args = [
         "fit",
         "--data.data_dir", str(data),
-        "--data.train_fragments", f"[{', '.join(TRAIN)}]",
-        "--data.val_fragments", f"[{VAL}]",
-        "--data.test_fragments", f"[{TEST}]",
+        "--data.splits.train_fragments", f"[{', '.join(TRAIN)}]",
+        "--data.splits.val_fragments", f"[{VAL}]",
+        "--data.splits.test_fragments", f"[{TEST}]",
         "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",
         "--max_epochs", "-1",
         "--seed_everything", str(seed),

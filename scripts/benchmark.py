@@ -79,19 +79,15 @@ def ensure_zarr_fragment(tiff_dir: Path) -> Path:
 def _datamodule(data_dir: Path, depth: int, tile: int, batch: int, workers: int, batches: int, augment: bool):
     from datamodules.augment.transforms import AugmentConfig
     from datamodules.ink_datamodule import InkDataModule
+    from datamodules.settings import LoaderConfig, SplitConfig, TileConfig, WindowConfig
 
     dm = InkDataModule(
         data_dir=str(data_dir),
-        z_start=0,
-        z_end=depth,
-        tile_size=tile,
-        batch_size=batch,
-        num_workers=workers,
-        samples_per_epoch=batch * batches,
+        splits=SplitConfig(val_fold=None, train_fragments=None, folds=5),
+        window=WindowConfig(z_start=0, z_end=depth),
+        tiles=TileConfig(tile_size=tile, samples_per_epoch=batch * batches),
+        loader=LoaderConfig(batch_size=batch, num_workers=workers),
         augment=AugmentConfig(enabled=augment, depth_shift=0),
-        val_fold=None,
-        train_fragments=None,
-        folds=5,
     )
     dm.setup("fit")
     return dm

@@ -157,8 +157,8 @@ def format_table(reports: list[dict[str, Any]], depth: int) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     lines.append(f"\nwindows of {depth} layers in stored (file) order; normal order: papyrus at higher layer indices")
-    lines.append("than the surface. --data.reverse_depth auto reads a reversed fragment flipped: its window is then")
-    lines.append("[layers - z_end, layers - z_start).")
+    lines.append("than the surface. --data.window.reverse_depth auto reads a reversed fragment flipped: its")
+    lines.append("window is then [layers - z_end, layers - z_start).")
     return "\n".join(line.rstrip() for line in lines)
 
 
