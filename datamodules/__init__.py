@@ -1,13 +1,9 @@
 """From fragment folders to batches: `InkDataModule` and its settings; `reading/`, `augment/` and `synthetic/` hold
 the rest, each with its own public API."""
 
-from __future__ import annotations
+from utils.lazy import lazy_getattr
 
-import importlib
-from typing import Any
-
-# Public name -> the module defining it, imported on first use (PEP 562): importing one sub-module never
-# pulls in the whole package (utils.checkpoints reads settings types without Lightning, for instance).
+# Public name -> the module defining it, imported on first use (`utils.lazy`).
 _EXPORTS = {
     "DataSettings": "datamodules.settings",
     "DemoConfig": "datamodules.settings",
@@ -20,9 +16,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -53,3 +53,20 @@ def test_requirements_pin_torch_and_leave_out_lightning_app() -> None:
 def test_installed_torch_matches_the_pins() -> None:
     for name, pinned in (("torch", "2.14.1"), ("torchvision", "0.29.1")):
         assert importlib.metadata.version(name).split("+")[0] == pinned, name
+
+
+def test_packages_export_lazily_and_name_what_they_lack() -> None:
+    import callbacks
+    import datamodules
+    import modules
+    from callbacks.prediction_writer import InkPredictionWriter
+    from datamodules.ink_datamodule import InkDataModule
+    from modules.ink_module import InkModule
+
+    assert (datamodules.InkDataModule, modules.InkModule, callbacks.InkPredictionWriter) == (
+        InkDataModule,
+        InkModule,
+        InkPredictionWriter,
+    )
+    with pytest.raises(AttributeError, match="module 'datamodules' has no attribute 'Nope'"):
+        datamodules.Nope  # noqa: B018

@@ -69,8 +69,10 @@ def read_binary_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray
     """
     with MapReader(path, shape, what) as reader:
         out = np.empty(shape, dtype=bool)
+        counts = np.zeros(2, dtype=np.int64)
         for rows, band in reader.bands():
-            _check_binary(_count_values(np.zeros(2, np.int64), band), reader.full, path, what)
+            counts = _count_values(counts, band)
+            _check_binary(counts, reader.full, path, what)  # across bands: 0/255 and 0/1 bands do not mix
             out[rows] = band > 0
     return out
 
