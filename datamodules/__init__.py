@@ -9,6 +9,7 @@ _EXPORTS = {
     "DemoConfig": "datamodules.settings",
     "InkDataModule": "datamodules.ink_datamodule",
     "LoaderConfig": "datamodules.settings",
+    "PseudoConfig": "datamodules.settings",
     "SplitConfig": "datamodules.settings",
     "StorageConfig": "datamodules.settings",
     "TileConfig": "datamodules.settings",

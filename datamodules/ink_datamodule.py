@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from datamodules.augment.batch_augment import augment_batch
 from datamodules.augment.transforms import AugmentConfig, TileTransform
 from datamodules.loaders import default_workers, make_loader
+from datamodules.pseudo.label_set import PSEUDO_LABEL_RULES, label_set_manifest
 from datamodules.reading.fragment import Fragment
 from datamodules.reading.intensity import intensity_range
 from datamodules.reading.label_rules import LabelConfig
@@ -27,6 +28,7 @@ from datamodules.settings import (
     DataSettings,
     DemoConfig,
     LoaderConfig,
+    PseudoConfig,
     SplitConfig,
     StorageConfig,
     TileConfig,
@@ -51,9 +53,9 @@ class InkDataModule(pl.LightningDataModule):
     """Tiles of fragment volumes, read window by window from memory-mapped slices.
 
     Settings come in groups, each documented where it is defined (`datamodules.settings`): ``--data.splits.*``,
-    ``--data.window.*``, ``--data.tiles.*``, ``--data.loader.*``, ``--data.storage.*``, ``--data.demo.*``, plus
-    ``--data.augment.*`` (`datamodules.augment.transforms.AugmentConfig`) and ``--data.labels.*``
-    (`datamodules.reading.label_rules.LabelConfig`).
+    ``--data.window.*``, ``--data.tiles.*``, ``--data.loader.*``, ``--data.storage.*``, ``--data.demo.*``,
+    ``--data.pseudo.*``, plus ``--data.augment.*`` (`datamodules.augment.transforms.AugmentConfig`) and
+    ``--data.labels.*`` (`datamodules.reading.label_rules.LabelConfig`).
 
     Args:
         data_dir: folder of fragment folders (the layouts of `datamodules.reading.layouts`), or a manifest file
@@ -66,6 +68,8 @@ class InkDataModule(pl.LightningDataModule):
         augment: training augmentation.
         labels: how label maps are read.
         demo: synthetic demo fragments.
+        pseudo: pseudo-labelled segments trained beside the labelled fragments (a label set of
+            ``scripts/pseudo_label.py``), with their loss weight and share of the draws.
         **flat: the flat settings of earlier versions (``z_start=…``, ``tile_size=…``, ``demo_size=…``), moved into
             their groups (`datamodules.settings.FLAT_KEYS`).
 
@@ -84,10 +88,18 @@ class InkDataModule(pl.LightningDataModule):
         augment: AugmentConfig = AugmentConfig(),  # noqa: B008
         labels: LabelConfig = LabelConfig(),  # noqa: B008
         demo: DemoConfig = DemoConfig(),  # noqa: B008
+        pseudo: PseudoConfig = PseudoConfig(),  # noqa: B008
         **flat: Any,
     ) -> None:
         super().__init__()
-        given = {"splits": splits, "window": window, "tiles": tiles, "loader": loader, "storage": storage}
+        given = {
+            "splits": splits,
+            "window": window,
+            "tiles": tiles,
+            "loader": loader,
+            "storage": storage,
+            "pseudo": pseudo,
+        }
         grouped = group_flat_settings({**given, "demo": demo, **flat})
         unknown = sorted(set(grouped) - set(GROUPS))
         if unknown:
@@ -111,6 +123,7 @@ class InkDataModule(pl.LightningDataModule):
             }
         )
         self._fragments: list[Fragment] = []
+        self._pseudo: list[Fragment] = []  # pseudo-labelled segments: training only, after the labelled fragments
         self._splits: dict[str, TileSet] = {}
         self._predict: list[Fragment] = []
         self._windows: dict[Path, LayerWindow] = {}  # per fragment folder, so each depth profile is read once
@@ -143,7 +156,11 @@ class InkDataModule(pl.LightningDataModule):
                 ink_contrast=hp.demo.ink_contrast,
             )
         margin = self._depth_margin
-        for fragment in self._open(folder, require_labels=False):
+        fragments = self._open(folder, require_labels=False)
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if fitting and hp.pseudo.folder is not None:
+            fragments += self._open_pseudo()
+        for fragment in fragments:
             fragment.prepare_cache(fragment.z_start - margin, fragment.z_end + margin)
 
     def _open(
@@ -153,10 +170,11 @@ class InkDataModule(pl.LightningDataModule):
         require_labels: bool,
         names: Sequence[str] | None = None,
         check_reverse: bool = False,
+        labels: LabelConfig | None = None,
     ) -> list[Fragment]:
         """Opens the fragments of ``folder`` (a folder or a manifest; all, or ``names``); ``check_reverse``: an absent
         ``reverse_depth`` name is a typo, not a fragment of another folder (a checkpoint's ``reverse_depth`` follows
-        it to other data)."""
+        it to other data); ``labels``: how their label maps are read (default ``--data.labels``)."""
         hp = self.settings
         paths = discover_sources(folder)
         if names is not None:
@@ -183,7 +201,7 @@ class InkDataModule(pl.LightningDataModule):
                 chunk_cache_mb=hp.storage.chunk_cache_mb,
                 require_labels=require_labels,
                 memo=self._windows,
-                labels=self.labels,
+                labels=labels or self.labels,
             )
             for p in paths
         ]
@@ -227,8 +245,39 @@ class InkDataModule(pl.LightningDataModule):
             tile_size=hp.tiles.tile_size,
             has_validation=[f.validation is not None for f in self._fragments],
         )
+        self._pseudo = self._open_pseudo() if stage == "fit" and hp.pseudo.folder is not None else []
+        if self._pseudo:
+            self._check_pseudo_ids(plans)
+            first = len(self._fragments)
+            plans["train"] += [Region(first + j, 0, ((0, f.height),)) for j, f in enumerate(self._pseudo)]
         for split, training in (("train", True), ("val", False), ("test", False)):
-            self._set_split(split, self._fragments, plans[split], training=training)
+            self._set_split(split, self.fragments(split), plans[split], training=training)
+        if self._pseudo:
+            pseudo_tiles = int((self._splits["train"].windows[:, 0] >= len(self._fragments)).sum())
+            rank_zero_info(
+                f"pseudo-labels: {len(self._pseudo)} segment(s) from '{hp.pseudo.folder}', {pseudo_tiles} of "
+                f"{len(self._splits['train'])} training tiles, loss weight {hp.pseudo.weight}, share "
+                f"{'in proportion' if hp.pseudo.share is None else hp.pseudo.share}, soft {hp.pseudo.soft}"
+            )
+
+    def _open_pseudo(self) -> list[Fragment]:
+        """The segments of the ``--data.pseudo.folder`` label set, their labels read as the label set wrote them."""
+        hp = self.settings.pseudo
+        manifest = label_set_manifest(hp.folder)
+        rules = dataclasses.replace(PSEUDO_LABEL_RULES, soft=hp.soft)
+        return self._open(manifest, require_labels=True, names=hp.fragments, labels=rules)
+
+    def _check_pseudo_ids(self, plans: dict[str, list[Region]]) -> None:
+        """A segment is labelled or pseudo-labelled, never both; above all never validated on its pseudo-labels."""
+        pseudo = {f.id for f in self._pseudo}
+        for split, regions in plans.items():
+            clash = sorted(pseudo & {self._fragments[r.fragment].id for r in regions})
+            if clash:
+                raise ValueError(
+                    f"data.pseudo.folder '{self.settings.pseudo.folder}' holds pseudo-labels of {clash}, which the "
+                    f"{split} split uses with real labels: leave them out with data.pseudo.fragments, or out of "
+                    "the splits"
+                )
 
     def _set_split(self, split: str, fragments: list[Fragment], regions: list[Region], *, training: bool) -> None:
         hp = self.settings
@@ -280,8 +329,8 @@ class InkDataModule(pl.LightningDataModule):
         return tiles
 
     def fragments(self, split: str) -> list[Fragment]:
-        """The fragments a split's fragment indices refer to."""
-        return self._predict if split == "predict" else self._fragments
+        """The fragments a split's fragment indices refer to (the labelled ones, then any pseudo-labelled)."""
+        return self._predict if split == "predict" else self._fragments + self._pseudo
 
     def fragment_shapes(self, stage: str) -> dict[str, tuple[int, int]]:
         """``{fragment_id: (H, W)}`` of every fragment the stage evaluates (``validate``, ``test``, ``predict``)."""
@@ -336,6 +385,9 @@ class InkDataModule(pl.LightningDataModule):
     def _dataset(self, split: str, *, training: bool) -> TileDataset:
         hp = self.settings
         augment = self.augment if training and self.augment.enabled else None
+        labelled, pseudo = len(self._fragments), len(self._pseudo) if split == "train" else 0
+        soft = [self.labels.soft] * labelled + [hp.pseudo.soft] * pseudo if training else False
+        weights = [1.0] * labelled + [hp.pseudo.weight] * pseudo if training and pseudo else None
         return TileDataset(
             self.fragments(split),
             self.tiles(split),
@@ -344,7 +396,8 @@ class InkDataModule(pl.LightningDataModule):
             depth_margin=augment.depth_shift if augment is not None else 0,
             jitter=self.stride // 2 if training and hp.tiles.jitter else 0,
             with_labels=split != "predict",
-            soft_labels=training and self.labels.soft,
+            soft_labels=soft,
+            loss_weights=weights,
         )
 
     def _loader(self, dataset: TileDataset, sampler: object, batch_size: int) -> DataLoader:
@@ -375,8 +428,16 @@ class InkDataModule(pl.LightningDataModule):
         hp = self.settings
         dataset = self._dataset("train", training=True)
         world, rank = self._rank()
+        pseudo = dataset.tiles.windows[:, 0] >= len(self._fragments) if self._pseudo else None
         sampler = BalancedTileSampler(
-            dataset, hp.tiles.samples_per_epoch, hp.tiles.ink_ratio, num_replicas=world, rank=rank, seed=hp.tiles.seed
+            dataset,
+            hp.tiles.samples_per_epoch,
+            hp.tiles.ink_ratio,
+            num_replicas=world,
+            rank=rank,
+            seed=hp.tiles.seed,
+            pseudo=pseudo,
+            pseudo_share=hp.pseudo.share,
         )
         return self._loader(dataset, sampler, hp.loader.batch_size)
 

@@ -197,6 +197,39 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class PseudoConfig:
+    """Pseudo-labelled segments trained beside the labelled fragments (``--data.pseudo.*``).
+
+    A label set is what ``scripts/pseudo_label.py`` writes: a folder holding ``pseudo_labels.yaml`` (a manifest
+    pointing at the original volumes and masks, with the teacher's labels and its trusted pixels as supervision
+    maps). Its segments join the training split only: validation, the threshold and checkpoint choice stay on real
+    labels. Untrusted pixels are out of the loss (the supervision map).
+
+    Attributes:
+        folder: the label set (its folder or its manifest); None: train on labelled fragments only.
+        weight: loss weight of a pseudo-labelled pixel, a labelled one weighing 1 (in (0, 1]: pseudo-labels count
+            less by default).
+        soft: train on the teacher's probabilities where trusted (ink at least 0.5) instead of 0/1.
+        share: fraction of each epoch's training tiles drawn from pseudo-labelled segments; None: in proportion
+            to their tiles (plentiful unlabelled segments would then crowd the labelled ones out). Default half.
+        fragments: the label set's segments to use; default all.
+    """
+
+    folder: str | None = None
+    weight: float = 0.5
+    soft: bool = False
+    share: float | None = 0.5
+    fragments: list[FragmentId] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fragments", fragment_ids(self.fragments))
+        if not (isinstance(self.weight, (int, float)) and 0.0 < self.weight <= 1.0):
+            raise ValueError(f"data.pseudo.weight={self.weight!r}: must be in (0, 1] (a labelled pixel weighs 1)")
+        if self.share is not None and not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"data.pseudo.share={self.share!r}: must be in [0, 1] or None (in proportion to tiles)")
+
+
+@dataclass(frozen=True)
 class DataSettings:
     """The groups an `InkDataModule` was built with (``datamodule.settings.window.z_start``)."""
 
@@ -206,6 +239,7 @@ class DataSettings:
     loader: LoaderConfig
     storage: StorageConfig
     demo: DemoConfig
+    pseudo: PseudoConfig
 
 
 GROUPS: dict[str, type] = {
@@ -215,11 +249,18 @@ GROUPS: dict[str, type] = {
     "loader": LoaderConfig,
     "storage": StorageConfig,
     "demo": DemoConfig,
+    "pseudo": PseudoConfig,
 }
+NEW_GROUPS = ("pseudo",)  # groups without flat keys (they came after the flat settings)
 
 # Flat keys of earlier versions -> (group, key).
 FLAT_KEYS: dict[str, tuple[str, str]] = {
-    **{f.name: (group, f.name) for group, cls in GROUPS.items() if group != "demo" for f in dataclasses.fields(cls)},
+    **{
+        f.name: (group, f.name)
+        for group, cls in GROUPS.items()
+        if group not in ("demo", *NEW_GROUPS)
+        for f in dataclasses.fields(cls)
+    },
     "demo": ("demo", "enabled"),
     "demo_size": ("demo", "size"),
     "demo_fragments": ("demo", "fragments"),

@@ -30,7 +30,10 @@ class TileDataset(Dataset):
             fewer (the same on both sides) where the window is closer than that to an end of the volume.
         jitter: the window moves by up to ±jitter px each time it is drawn (training only).
         with_labels: include ``label`` (False for prediction).
-        soft_labels: labels are grey levels / 255 where the fragment's labels are grey (binary ones stay 0/1).
+        soft_labels: labels are grey levels / 255 where the fragment's labels are grey (binary ones stay 0/1): for
+            every fragment, or per fragment (a list, in the order of ``fragments``).
+        loss_weights: each fragment's loss weight (a list in the order of ``fragments``): items then carry it as
+            ``weight`` (a pseudo-labelled segment's pixels count less than labelled ones); None: no ``weight``.
     """
 
     def __init__(
@@ -43,7 +46,8 @@ class TileDataset(Dataset):
         depth_margin: int = 0,
         jitter: int = 0,
         with_labels: bool = True,
-        soft_labels: bool = False,
+        soft_labels: bool | Sequence[bool] = False,
+        loss_weights: Sequence[float] | None = None,
     ) -> None:
         self.fragments = list(fragments)
         self.tiles = tiles
@@ -52,7 +56,12 @@ class TileDataset(Dataset):
         self.depth_margin = depth_margin
         self.jitter = jitter
         self.with_labels = with_labels
-        self.soft_labels = soft_labels
+        count = len(self.fragments)
+        self.soft_labels = [bool(soft_labels)] * count if isinstance(soft_labels, bool) else list(soft_labels)
+        self.loss_weights = None if loss_weights is None else [float(w) for w in loss_weights]
+        for name, values in (("soft_labels", self.soft_labels), ("loss_weights", self.loss_weights)):
+            if values is not None and len(values) != count:
+                raise ValueError(f"TileDataset {name}: {len(values)} values for {count} fragments")
         self.random = transform.train or jitter > 0
 
     def __len__(self) -> int:
@@ -63,7 +72,8 @@ class TileDataset(Dataset):
         # and per epoch: runs are reproducible and every epoch differs.
         seed = int(torch.randint(0, 2**62, ()).item()) if self.random else index
         rng = np.random.default_rng(seed)
-        fragment = self.fragments[int(self.tiles.windows[index, 0])]
+        fragment_index = int(self.tiles.windows[index, 0])
+        fragment = self.fragments[fragment_index]
         y, x = (
             int(v) for v in jitter_windows(self.tiles, np.array([index]), self.jitter if self.random else 0, rng)[0]
         )
@@ -82,7 +92,7 @@ class TileDataset(Dataset):
         if scope in (SCOPE_INSIDE, SCOPE_OUTSIDE):  # the validation mask's pixels validate and never train
             inside = fragment.validation[y : y + size, x : x + size]
             valid[~inside if scope == SCOPE_INSIDE else inside] = 0.0
-        levels = fragment.label_levels if self.soft_labels else None
+        levels = fragment.label_levels if self.soft_labels[fragment_index] else None
         if levels is not None:
             label = levels[y : y + size, x : x + size].astype(np.float32) / 255.0
         elif fragment.labels is not None:
@@ -107,4 +117,6 @@ class TileDataset(Dataset):
         }
         if self.with_labels:
             item["label"] = torch.from_numpy(np.ascontiguousarray(label))[None]
+        if self.loss_weights is not None:
+            item["weight"] = torch.tensor(self.loss_weights[fragment_index], dtype=torch.float32)
         return item

@@ -74,6 +74,9 @@ class InkModule(pl.LightningModule):
             override its defaults).
         scheduler: Callable building an LR scheduler from the optimizer; None: linear warm-up over
             ``optim.warmup_fraction`` of the run, then cosine, stepped every optimizer step.
+        init_weights: A checkpoint (or a file of the net's state dict) whose net weights a fit starts from, with a
+            fresh optimizer and schedule (a label round starting from the previous round's model); a resumed fit
+            (``--ckpt_path``) restores its own weights over them. The net must match the file's.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class InkModule(pl.LightningModule):
         channels_last: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -96,6 +100,7 @@ class InkModule(pl.LightningModule):
         self.optim_config = dataclasses.replace(optim)
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.init_weights = init_weights
         self.net = build_net(num_slices, self.net_config)
         self.runner = NetRunner(self.net, compile=compile, channels_last=channels_last)
         self.loss = InkLoss(self.loss_config)
@@ -159,11 +164,11 @@ class InkModule(pl.LightningModule):
         if "label" not in batch:
             raise ValueError("training batch has no 'label': training needs fragments with inklabels.png")
         image, label = batch["image"], batch["label"]
-        valid = batch.get("valid")
+        valid, weight = batch.get("valid"), batch.get("weight")  # weight: per tile, with pseudo-labelled segments
         out = self.runner.forward_with_aux(image)
-        loss = self.loss(out["logits"], label, valid)
+        loss = self.loss(out["logits"], label, valid, weight)
         if out["aux"]:
-            aux = torch.stack([self.loss(a, label, valid) for a in out["aux"]]).mean()
+            aux = torch.stack([self.loss(a, label, valid, weight) for a in out["aux"]]).mean()
             self.log("train/aux_loss", aux, on_step=False, on_epoch=True, batch_size=image.shape[0])
             loss = loss + self.loss_config.aux_weight * aux
         check_finite(loss, "train/loss", self.global_step)
@@ -193,6 +198,11 @@ class InkModule(pl.LightningModule):
         if mode and self.encoder_frozen:
             self.net.encoder.eval()
         return self
+
+    def setup(self, stage: str) -> None:
+        """Before fitting, loads ``init_weights`` (Lightning restores a resumed fit's checkpoint after this)."""
+        if stage == "fit" and self.init_weights:
+            load_net_weights(self.net, self.init_weights)
 
     def on_fit_start(self) -> None:
         """Rejects encoder freezing under DDP without unused-parameter detection (DDP would fail mid-run)."""
@@ -333,3 +343,24 @@ def shapeless_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None:
             found[name] = value
     return found
+
+
+def load_net_weights(net: torch.nn.Module, path: str) -> None:
+    """Loads a checkpoint's (``state_dict`` with ``net.`` keys) or a bare state dict's weights into ``net``, strictly.
+
+    Raises:
+        ValueError: the file holds no weights of this net, or weights of another shape, naming the file.
+    """
+    checkpoint = load_checkpoint(path, what="model.init_weights")
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"model.init_weights '{path}': holds no state dict")
+    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")} or dict(state)
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(
+            f"model.init_weights '{path}': its weights do not fit this net (the same --model.net.* settings and "
+            f"depth are needed): {' '.join(line.strip() for line in first[:3])}"
+        ) from err

@@ -80,6 +80,10 @@ class InkLoss(nn.Module):
       ``1 + edge_weight`` (the BCE is the weighted mean over valid pixels).
     - Dice is one soft Dice over all valid pixels of the batch (tiles without ink do not produce 0/0),
       against the unsmoothed labels.
+    - A per-tile ``weight`` (a pseudo-labelled segment's tiles weigh less than labelled ones) scales each tile's
+      pixels: in the BCE sum (still divided by the count of valid pixels, so a batch of pseudo-labels alone weighs
+      less in absolute terms, not only relative to labelled tiles), and in the Dice sums, whose term is then
+      scaled by the mean weight of the valid pixels.
     - Everything runs in float32 with autocast disabled, so bf16/fp16 training cannot underflow the loss.
 
     The loss does not check for NaN/inf itself; `InkModule.training_step` does (see `check_finite`). Deep
@@ -104,12 +108,17 @@ class InkLoss(nn.Module):
         self.edge_width = config.edge_width
         self.smooth = smooth
 
-    def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
-        """The scalar loss of logits [B, 1, H, W] against labels [B, 1, H, W] on `valid` pixels (1 = scored)."""
+    def forward(
+        self, logits: Tensor, target: Tensor, valid: Tensor | None = None, weight: Tensor | None = None
+    ) -> Tensor:
+        """The scalar loss of logits [B, 1, H, W] against labels [B, 1, H, W] on `valid` pixels (1 = scored),
+        each tile weighted by ``weight`` [B] (None: all 1)."""
         if logits.shape != target.shape:
             raise ValueError(f"InkLoss: logits {list(logits.shape)} and labels {list(target.shape)} differ in shape")
         if valid is not None and valid.shape != target.shape:
             raise ValueError(f"InkLoss: valid mask {list(valid.shape)} and labels {list(target.shape)} differ")
+        if weight is not None and weight.shape != target.shape[:1]:
+            raise ValueError(f"InkLoss: tile weights {list(weight.shape)} for {target.shape[0]} tiles; expected [B]")
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()
             target = target.float()
@@ -117,14 +126,15 @@ class InkLoss(nn.Module):
             # Pixels outside the mask must not leak NaN/inf from labels or logits into the sums.
             logits = torch.where(mask > 0, logits, torch.zeros_like(logits))
             target = torch.where(mask > 0, target, torch.zeros_like(target))
+            tiles = None if weight is None else weight.float().reshape(-1, 1, 1, 1).expand_as(mask)
             loss = logits.new_zeros(())
             if self.bce_weight > 0:
-                loss = loss + self.bce_weight * self._bce(logits, target, mask)
+                loss = loss + self.bce_weight * self._bce(logits, target, mask, tiles)
             if self.dice_weight > 0:
-                loss = loss + self.dice_weight * self._dice(logits, target, mask)
+                loss = loss + self.dice_weight * self._dice(logits, target, mask, tiles)
         return loss
 
-    def _bce(self, logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    def _bce(self, logits: Tensor, target: Tensor, mask: Tensor, tiles: Tensor | None) -> Tensor:
         s = self.label_smoothing
         smoothed = target * (1.0 - s) + s / 2.0 if s > 0 else target
         per_pixel = F.binary_cross_entropy_with_logits(
@@ -133,14 +143,19 @@ class InkLoss(nn.Module):
         weight = mask
         if self.edge_weight > 0:
             weight = mask * (1.0 + self.edge_weight * ink_boundary(target, self.edge_width, mask))
+        scaled = weight if tiles is None else weight * tiles
         # No valid pixel: a zero that still depends on the logits, so backward works.
-        return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+        return (per_pixel * scaled).sum() / weight.sum().clamp_min(1.0)
 
-    def _dice(self, logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        prob = torch.sigmoid(logits) * mask
-        truth = target * mask
+    def _dice(self, logits: Tensor, target: Tensor, mask: Tensor, tiles: Tensor | None) -> Tensor:
+        weight = mask if tiles is None else mask * tiles
+        prob = torch.sigmoid(logits) * weight
+        truth = target * weight
         intersection = (prob * truth).sum()
-        return 1.0 - (2.0 * intersection + self.smooth) / (prob.sum() + truth.sum() + self.smooth)
+        dice = 1.0 - (2.0 * intersection + self.smooth) / (prob.sum() + truth.sum() + self.smooth)
+        if tiles is None:
+            return dice
+        return dice * weight.sum() / mask.sum().clamp_min(1.0)
 
 
 def check_finite(loss: Tensor, name: str, step: int) -> None:

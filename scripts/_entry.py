@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,14 +18,28 @@ USER_ERRORS = (OSError, ValueError, TypeError)
 
 def run(subcommand: str, argv: list[str] | None = None) -> int:
     """Runs ``cli_main([subcommand, *argv])``; returns the process exit code."""
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
     from lightning_app.cli import cli_main
 
     # sys.argv stays as it is: DDP's launcher starts the other ranks by re-running `sys.argv`.
     args = sys.argv[1:] if argv is None else argv
+    return _guarded(lambda: cli_main([subcommand, *args]))
+
+
+def run_function(module: str, name: str, argv: list[str] | None = None) -> int:
+    """Runs ``module.name(argv)`` (a function taking the command line); returns the process exit code."""
+    import importlib
+
+    function = getattr(importlib.import_module(module), name)
+    args = sys.argv[1:] if argv is None else argv
+    return _guarded(lambda: function(args))
+
+
+def _guarded(call: Callable[[], object]) -> int:
+    """Calls ``call()``: user errors become one line on stderr and exit code 1."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     try:
-        cli_main([subcommand, *args])
+        call()
     except (*USER_ERRORS, MisconfigurationException) as err:
         if os.environ.get("INK_DEBUG"):
             raise

@@ -20,6 +20,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --step                      # Lightning training step vs a plain PyTorch loop
     python scripts/benchmark.py --predict-memory            # whole-segment prediction 1024^2 vs 8192^2: memory, px/s
     python scripts/benchmark.py --label-memory              # a 330 Mpx label map (TIFF, PNG) vs a whole-image read
+    python scripts/benchmark.py --pseudo                    # label round 1 vs round 0 trained as long, 3 seeds
 """
 
 from __future__ import annotations
@@ -305,6 +306,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="peak memory of converting a 330 Mpx label map (TIFF, PNG) vs reading it whole",
     )
+    parser.add_argument(
+        "--pseudo",
+        action="store_true",
+        help="label rounds: round 1 (labelled + pseudo-labelled) vs round 0 trained as long, held-out fragments",
+    )
+    parser.add_argument("--round-budget", type=float, default=120.0, help="pseudo: training seconds per round")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -347,12 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, object] = {}
     chosen = (
         args.data, args.models, args.quality, args.stitch_memory, args.loader, args.step, args.predict_memory,
-        args.label_memory,
+        args.label_memory, args.pseudo,
     )  # fmt: skip
     if not any(chosen):
         parser.error(
-            "choose a benchmark: --data, --models, --quality, --stitch-memory, --loader, --step, --predict-memory "
-            "and/or --label-memory"
+            "choose a benchmark: --data, --models, --quality, --stitch-memory, --loader, --step, --predict-memory, "
+            "--label-memory and/or --pseudo"
         )
     if args.label_memory:
         from benchmarks.label_memory import label_memory_benchmark
@@ -376,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row))
     if args.quality:
         results["quality"] = quality_benchmark(args)
+    if args.pseudo:
+        from benchmarks.pseudo_rounds import pseudo_benchmark
+
+        results["pseudo"] = pseudo_benchmark(
+            Path(args.work_dir), list(args.seeds), args.round_budget, extra=list(args.project_args)
+        )
     if args.data:
         results["data"] = data_benchmark(args)
     if args.models:
