@@ -1,9 +1,9 @@
 """Label-round benchmark: does a round of pseudo-labels beat training longer on the labels alone?
 
 On the held-out family (`benchmarks.heldout_family`, never used to choose defaults), labels are scarce and
-unlabelled segments plentiful: one small labelled fragment trains, a second small one validates (threshold and
-checkpoint), an unseen fragment tests, and ``UNLABELLED`` segments have no labels at all. Per seed, two runs with
-the same total training time:
+unlabelled segments plentiful: one small labelled fragment (192²) trains, a 384² one validates (threshold and
+checkpoint), an unseen 768² fragment tests, and three 768² ``UNLABELLED`` segments have no labels at all. Per seed,
+two runs with the same total training time:
 
 - **round 0, matched**: ``scripts/fit.py`` on the labelled fragment for ``2 × budget`` seconds;
 - **rounds**: ``scripts/label_rounds.py --rounds 1`` (round 0 for ``budget`` s, pseudo-labels of the unlabelled
@@ -30,24 +30,43 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED, VAL, TEST = "pL", "pV", "pT"
 UNLABELLED = ("pU1", "pU2", "pU3")
+PROJECT_NOISE = 0.022  # the project generator's per-voxel noise, as a fraction of the dtype's range
 
 
-def ensure_data(work: Path, small: int, size: int, ink_to_noise: float, seed: int = 2025) -> tuple[Path, Path]:
-    """The labelled folder (train, validation and test fragments) and the unlabelled one (made once)."""
+def ensure_data(
+    work: Path,
+    small: int,
+    size: int,
+    ink_to_noise: float,
+    seed: int = 2025,
+    family: str = "heldout",
+    val_size: int = 384,
+) -> tuple[Path, Path]:
+    """The labelled folder (train, validation and test fragments) and the unlabelled one (made once).
+
+    ``family``: ``heldout`` (the judging data) or ``project`` (the project's own generator, where the rule's
+    defaults were chosen: ink contrast ``ink_to_noise`` times its noise).
+    """
     from benchmarks.heldout_family import make_heldout_fragment
+    from datamodules.synthetic.fragments import make_fragment
 
-    root = work / f"pseudo_{small}_{size}_{ink_to_noise:g}_{seed}"
+    def project_fragment(target: Path, *, height: int, width: int, seed: int, ink_to_noise: float) -> Path:
+        return make_fragment(target, height, width, seed=seed, ink_contrast=PROJECT_NOISE * ink_to_noise)
+
+    make = make_heldout_fragment if family == "heldout" else project_fragment
+    root = work / f"pseudo_{family}_{small}_{val_size}_{size}_{ink_to_noise:g}_{seed}"
     labelled, unlabelled = root / "labelled", root / "unlabelled"
-    plan = [(labelled, LABELLED, small), (labelled, VAL, small), (labelled, TEST, size)]
+    plan = [(labelled, LABELLED, small), (labelled, VAL, val_size), (labelled, TEST, size)]
     plan += [(unlabelled, fid, size) for fid in UNLABELLED]
     for index, (folder, fid, edge) in enumerate(plan):
         target = folder / fid
         if (target / "mask.png").is_file():
             continue
         fragment_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        make_heldout_fragment(target, height=edge, width=edge, seed=fragment_seed, ink_to_noise=ink_to_noise)
-        if folder == unlabelled:
-            (target / "inklabels.png").unlink()  # unlabelled: the benchmark never sees their ink
+        make(target, height=edge, width=edge, seed=fragment_seed, ink_to_noise=ink_to_noise)
+        if folder == unlabelled:  # unlabelled: their ink moves out of sight, kept only to grade the pseudo-labels
+            (root / "truth").mkdir(exist_ok=True)
+            (target / "inklabels.png").replace(root / "truth" / f"{fid}.png")
     return labelled, unlabelled
 
 
@@ -68,7 +87,17 @@ def _fit_args(labelled: Path, seed: int, seconds: float, extra: list[str]) -> li
     ]  # fmt: skip
 
 
-def child(kind: str, labelled: str, unlabelled: str, seed: int, budget_s: float, out: str, extra: list[str]) -> dict:
+def child(
+    kind: str,
+    labelled: str,
+    unlabelled: str,
+    seed: int,
+    budget_s: float,
+    out: str,
+    extra: list[str],
+    rule_args: list[str] | None = None,
+    rounds_kwargs: dict[str, Any] | None = None,
+) -> dict:
     """One side in this (fresh) process: ``matched`` (one fit of 2 × budget) or ``rounds`` (two of budget)."""
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -85,14 +114,21 @@ def child(kind: str, labelled: str, unlabelled: str, seed: int, budget_s: float,
             "steps": int(cli.trainer.global_step),
             "wall_s": time.perf_counter() - started,
         }
-    from lightning_app.label_rounds import run_rounds
+    import argparse
 
+    from lightning_app.label_rounds import run_rounds
+    from lightning_app.pseudo_label import add_rule_args, rule_from_args
+
+    parser = argparse.ArgumentParser()
+    add_rule_args(parser)
     rows = run_rounds(
         _fit_args(Path(labelled), seed, budget_s, extra),
         unlabelled,
         out_dir,
         rounds=1,
+        rule=rule_from_args(parser.parse_args(rule_args or [])),
         predict_args=["--trainer.enable_progress_bar", "false"],
+        **(rounds_kwargs or {}),
     )
     record = json.loads((out_dir / "round_0" / "labels" / "pseudo_labels.json").read_text())
     result: dict[str, Any] = {"wall_s": time.perf_counter() - started, "pseudo_label_s": record["seconds"]}
@@ -101,7 +137,35 @@ def child(kind: str, labelled: str, unlabelled: str, seed: int, budget_s: float,
         result[f"round{r}_f05_val_threshold"] = row["test"]["test/f05_val_threshold"]
         result[f"round{r}_f05_at_0.5"] = row["test"]["test/f05"]
     result["made"] = rows[0]["made"]
+    result["graded"] = grade_label_set(out_dir / "round_0" / "labels", Path(unlabelled).parent / "truth")
+    result["rule"] = rows[0]["rule"]
+    result["round1_steps"] = rows[1].get("steps")
     return result
+
+
+def grade_label_set(label_set: Path, truth: Path) -> dict[str, float] | None:
+    """The pseudo-labels against the hidden truth, inside the papyrus: precision and recall of trusted ink, the
+    share of true ink among trusted background, and the share of true ink left untrusted."""
+    import tifffile
+    import yaml
+    from PIL import Image
+
+    if not truth.is_dir():
+        return None
+    counts = np.zeros(5, dtype=np.int64)  # ink & true, ink, true, background & true, untrusted & true
+    for entry in yaml.safe_load((label_set / "pseudo_labels.yaml").read_text())["fragments"]:
+        true = np.asarray(Image.open(truth / f"{entry['id']}.png")) > 127
+        mask = np.asarray(Image.open(entry["mask"])) > 0
+        ink = tifffile.imread(label_set / entry["inklabels"]) >= 128
+        trusted = tifffile.imread(label_set / entry["supervision"]) > 0
+        ink, background, true = ink & trusted & mask, ~ink & trusted & mask, true & mask
+        counts += [(ink & true).sum(), ink.sum(), true.sum(), (background & true).sum(), (~trusted & mask & true).sum()]
+    return {
+        "ink_precision": float(counts[0] / max(1, counts[1])),
+        "ink_recall": float(counts[0] / max(1, counts[2])),
+        "true_ink_in_background": float(counts[3] / max(1, counts[2])),
+        "true_ink_untrusted": float(counts[4] / max(1, counts[2])),
+    }
 
 
 def run_in_process(kind: str, **spec: Any) -> dict[str, Any]:
@@ -124,13 +188,14 @@ def pseudo_benchmark(
     seeds: list[int],
     budget_s: float,
     *,
-    small: int = 384,
+    small: int = 192,
+    val_size: int = 384,
     size: int = 768,
     ink_to_noise: float = 2.5,
     extra: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Both sides per seed; prints the table and returns its rows."""
-    labelled, unlabelled = ensure_data(work, small, size, ink_to_noise)
+    labelled, unlabelled = ensure_data(work, small, size, ink_to_noise, val_size=val_size)
     rows = []
     for seed in seeds:
         spec = {"labelled": str(labelled), "unlabelled": str(unlabelled), "seed": seed, "budget_s": budget_s}
@@ -141,7 +206,7 @@ def pseudo_benchmark(
         print(f"  seed {seed}: {json.dumps(row)}", flush=True)
         rows.append(row)
     print(
-        f"\nLabel rounds on held-out fragments (labelled {LABELLED} {small}^2, validation {VAL} {small}^2, test "
+        f"\nLabel rounds on held-out fragments (labelled {LABELLED} {small}^2, validation {VAL} {val_size}^2, test "
         f"{TEST} {size}^2, {len(UNLABELLED)} unlabelled {size}^2 segments; ink {ink_to_noise:g}x noise; "
         f"{budget_s:.0f} s a round)"
     )

@@ -24,13 +24,12 @@ import argparse
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from datamodules.pseudo.label_set import PseudoLabelRule
 from datamodules.reading.layouts import fragment_ids
-from lightning_app.pseudo_label import LabelSet, id_list, pseudo_label
+from lightning_app.pseudo_label import LabelSet, add_rule_args, id_list, pseudo_label, rule_from_args
 from utils.atomic import atomic_write_text
 
 __all__ = ["label_rounds_main", "parse_label_rounds_args", "rounds_table", "run_rounds"]
@@ -51,11 +50,7 @@ def parse_label_rounds_args(argv: Sequence[str]) -> tuple[argparse.Namespace, li
     parser.add_argument("--fragments", default=None, help="segment ids of --segments to pseudo-label; default all")
     parser.add_argument("--init", choices=("previous", "scratch"), default="previous", help="round r>0 starts from")
     parser.add_argument("--ema_teacher", action="store_true", help="fit with an EMA of the weights (the teacher)")
-    rule = PseudoLabelRule()
-    parser.add_argument("--high", type=float, default=rule.high, help="seed probability of ink components")
-    parser.add_argument("--low", type=float, default=rule.low, help="probability ink components grow through")
-    parser.add_argument("--background", type=float, default=rule.background, help="trusted background at most")
-    parser.add_argument("--min_area", type=int, default=rule.min_area, help="smaller ink components: untrusted")
+    add_rule_args(parser)
     parser.add_argument("--predict_args", default="", help="options of the pseudo-labelling prediction, quoted")
     args, rest = parser.parse_known_args(list(argv))
     if args.rounds < 0:
@@ -66,7 +61,7 @@ def parse_label_rounds_args(argv: Sequence[str]) -> tuple[argparse.Namespace, li
 def label_rounds_main(argv: Sequence[str]) -> list[dict[str, Any]]:
     """Runs the script with ``argv``; prints the table and returns one row per round."""
     args, fit_args = parse_label_rounds_args(argv)
-    rule = PseudoLabelRule(high=args.high, low=args.low, background=args.background, min_area=args.min_area)
+    rule = rule_from_args(args)
     names = fragment_ids(id_list(args.fragments))
     rows = run_rounds(
         fit_args,
@@ -114,7 +109,7 @@ def run_rounds(
             label_set = pseudo_label(row["checkpoint"], segments, folder / "labels", rule, fragments, predict_args)
             row["labels"] = str(label_set.manifest)
             row["made"] = _label_summary(label_set)
-        row["rule"] = asdict(rule)
+            row["rule"] = label_set.rule
         atomic_write_text(done, json.dumps(row, indent=2) + "\n")
         rows.append(row)
     atomic_write_text(work_dir / "rounds.json", json.dumps(rows, indent=2) + "\n")
@@ -154,6 +149,7 @@ def _fit_round(
         "checkpoint": str(Path(best).resolve()),
         "run": str(Path(cli.trainer.log_dir).resolve()) if cli.trainer.log_dir else None,
         "val_f05": None if score is None else float(score),
+        "steps": int(cli.trainer.global_step),
         "test": metrics,
     }
 

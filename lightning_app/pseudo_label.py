@@ -41,11 +41,12 @@ TEACHER_DIR = "teacher"
 
 @dataclass(frozen=True)
 class LabelSet:
-    """A written label set: its folder, manifest and each segment's pixel counts."""
+    """A written label set: its folder, manifest, the rule applied (thresholds resolved) and each segment's counts."""
 
     folder: Path
     manifest: Path
     counts: dict[str, SegmentCounts]
+    rule: dict
 
     def table(self) -> str:
         """One line per segment: the shares of its papyrus that are ink, background and untrusted."""
@@ -69,22 +70,35 @@ def parse_pseudo_label_args(argv: Sequence[str]) -> tuple[argparse.Namespace, li
     parser.add_argument("--segments", required=True, help="folder of segments (any layout) or a manifest")
     parser.add_argument("--output", required=True, help="the label set's folder (not inside the segments)")
     parser.add_argument("--fragments", default=None, help="segment ids to label, e.g. [20230530164535,2023...]")
-    rule = PseudoLabelRule()
-    parser.add_argument("--high", type=float, default=rule.high, help="seed probability of ink components")
-    parser.add_argument("--low", type=float, default=rule.low, help="probability ink components grow through")
-    parser.add_argument("--background", type=float, default=rule.background, help="trusted background at most")
-    parser.add_argument("--min_area", type=int, default=rule.min_area, help="smaller ink components: untrusted")
-    parser.add_argument("--band_rows", type=int, default=1024, help="rows decided at a time (memory)")
+    add_rule_args(parser)
+    parser.add_argument("--band_rows", type=int, default=None, help="rows decided at a time; default ~1 Mpx a band")
     return parser.parse_known_args(list(argv))
+
+
+def add_rule_args(parser: argparse.ArgumentParser) -> None:
+    """``--high``, ``--low``, ``--background``, ``--min_area``: the trust rule (`PseudoLabelRule`)."""
+    helps = {
+        "--low": "ink grows through p >= low; default: the teacher's validation threshold (0.5 without one)",
+        "--high": "ink components need a seed p >= high; default: halfway from --low to 1",
+        "--background": "trusted background: p <= this outside ink; default: half of --low",
+    }
+    for flag, text in helps.items():
+        parser.add_argument(flag, type=float, default=None, help=text)
+    parser.add_argument("--min_area", type=int, default=PseudoLabelRule.min_area, help="smaller ink: untrusted")
+
+
+def rule_from_args(args: argparse.Namespace) -> PseudoLabelRule:
+    """The rule the options give (thresholds not given are set from the teacher later)."""
+    return PseudoLabelRule(high=args.high, low=args.low, background=args.background, min_area=args.min_area)
 
 
 def pseudo_label_main(argv: Sequence[str]) -> LabelSet:
     """Runs the script with ``argv`` (its options and the prediction's); prints and returns the label set."""
     args, rest = parse_pseudo_label_args(argv)
-    rule = PseudoLabelRule(high=args.high, low=args.low, background=args.background, min_area=args.min_area)
+    rule = rule_from_args(args)
     names = fragment_ids(id_list(args.fragments))
     label_set = pseudo_label(args.ckpt_path, args.segments, args.output, rule, names, rest, band_rows=args.band_rows)
-    print(f"label set: {label_set.manifest}\n{label_set.table()}")
+    print(f"label set: {label_set.manifest} (rule: {label_set.rule})\n{label_set.table()}")
     return label_set
 
 
@@ -96,9 +110,11 @@ def pseudo_label(
     fragments: Sequence[str] | None = None,
     predict_args: Sequence[str] = (),
     *,
-    band_rows: int = 1024,
+    band_rows: int | None = None,
 ) -> LabelSet:
     """Predicts ``segments`` from ``ckpt_path`` and writes their label set into ``output``.
+
+    The rule's thresholds not given are set from the teacher's validation threshold (`PseudoLabelRule.resolved`).
 
     Raises:
         ValueError / FileNotFoundError: the output inside the segments, unknown segment ids, a missing checkpoint.
@@ -116,6 +132,11 @@ def pseudo_label(
             raise ValueError(f"--fragments names segment(s) {missing} not in '{segments}'; found {sorted(known)}")
         sources = [s for s in sources if s.id in set(fragments)]
     _check_output(out, Path(segments), sources)
+    checkpoint = load_checkpoint(ckpt, what="--ckpt_path")
+    threshold = checkpoint.get("val_threshold") if isinstance(checkpoint, dict) else None
+    teacher_weights = "ema" if isinstance(checkpoint, dict) and "current_model_state" in checkpoint else "weights"
+    del checkpoint
+    given, rule = rule, rule.resolved(threshold)
     out.mkdir(parents=True, exist_ok=True)
     teacher = out / TEACHER_DIR
     started = time.time()
@@ -147,14 +168,16 @@ def pseudo_label(
     record = {
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_sha256": _sha256(ckpt),
-        "teacher_weights": _teacher_kind(ckpt),
+        "teacher_weights": teacher_weights,
+        "teacher_threshold": threshold,
         "rule": asdict(rule),
+        "rule_given": asdict(given),
         "segments_from": str(Path(segments).resolve()),
         "predict_args": list(predict_args),
         "seconds": round(time.time() - started, 1),
     }
     manifest = write_label_set(out, entries, record)
-    return LabelSet(out, manifest, {source.id: counts for source, _, counts in entries})
+    return LabelSet(out, manifest, {source.id: counts for source, _, counts in entries}, asdict(rule))
 
 
 def _check_output(out: Path, segments: Path, sources: Sequence) -> None:
@@ -170,12 +193,6 @@ def _check_output(out: Path, segments: Path, sources: Sequence) -> None:
             )
         if target in root.parents:
             raise ValueError(f"--output '{out}' holds the segments it labels ('{root}'): choose a folder of its own")
-
-
-def _teacher_kind(ckpt: Path) -> str:
-    """``ema`` when the checkpoint's weights are an exponential moving average (``--ema.enabled``), else ``weights``."""
-    checkpoint = load_checkpoint(ckpt, what="--ckpt_path")
-    return "ema" if isinstance(checkpoint, dict) and "current_model_state" in checkpoint else "weights"
 
 
 def _sha256(path: Path) -> str:

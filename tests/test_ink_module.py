@@ -320,7 +320,7 @@ def test_a_checkpoint_with_flat_hyperparameters_loads(tmp_path) -> None:
     """A checkpoint saved before the settings were grouped (flat ``encoder``, ``lr``, ...) loads, settings and all."""
     net = NetConfig(**TINY_NET, depth_pool="max")
     module = InkModule(num_slices=4, net=net, optim=OptimConfig(lr=2e-3), eval=EvalConfig(tta=True, threshold=0.3))
-    assert set(module.hparams) == {"num_slices", "compile", "channels_last", *SETTINGS_GROUPS}
+    assert set(module.hparams) == {"num_slices", "compile", "channels_last", "init_weights", *SETTINGS_GROUPS}
     trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(module, datamodule=TinyFragments())
     new = tmp_path / "new.ckpt"

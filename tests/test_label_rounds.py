@@ -13,6 +13,7 @@ import yaml
 from datamodules.synthetic.fragments import make_fragment
 from lightning_app.label_rounds import label_rounds_main
 from lightning_app.pseudo_label import pseudo_label_main
+from utils.checkpoints import load_checkpoint
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
@@ -59,6 +60,8 @@ def test_two_rounds_keep_their_own_folders_and_never_touch_the_sources(
     record = json.loads((work / "round_0" / "labels" / "pseudo_labels.json").read_text())
     assert record["rule"] == {"high": 0.5, "low": 0.495, "background": 0.49, "min_area": 1}
     checkpoint = Path(rows[0]["checkpoint"])
+    assert record["teacher_threshold"] == load_checkpoint(checkpoint)["val_threshold"]  # what "auto" would use
+    assert record["teacher_weights"] == "weights" and rows[0]["rule"] == record["rule"]
     assert record["checkpoint"] == str(checkpoint)
     assert record["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert set(record["segments"]) == {"20", "21"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from datamodules.pseudo import (
     write_segment_labels,
 )
 from datamodules.reading.fragment import Fragment
-from datamodules.reading.layouts import find_sources
+from datamodules.reading.layouts import FragmentSources, find_sources
+from datamodules.reading.map_reader import MapReader
 from datamodules.samplers import BalancedTileSampler
 from datamodules.synthetic.fragments import make_fragment
 from modules.components.ink_net import NetConfig
@@ -83,7 +85,7 @@ def test_label_set_manifest_points_at_the_original_volume_and_never_writes_there
     teacher = write_teacher(tmp_path / "teacher.tif", teacher_map())
     out = tmp_path / "labels"
     sources = find_sources(segment)
-    maps, counts = write_segment_labels(sources, (SIZE, SIZE), teacher, out, PseudoLabelRule(min_area=8))
+    maps, counts = write_segment_labels(sources, (SIZE, SIZE), teacher, out, PseudoLabelRule(min_area=8).resolved(None))
     manifest = write_label_set(out, [(sources, maps, counts)], {"checkpoint": "x.ckpt"})
     entry = yaml.safe_load(manifest.read_text())["fragments"][0]
     assert entry["id"] == sources.id and Path(entry["volume"]) == sources.volume.resolve()
@@ -97,6 +99,18 @@ def test_label_set_manifest_points_at_the_original_volume_and_never_writes_there
 def test_label_set_manifest_missing_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"no {LABEL_SET_MANIFEST}"):
         label_set_manifest(tmp_path)
+
+
+def test_rule_thresholds_follow_the_teachers_validation_threshold_unless_given() -> None:
+    auto = PseudoLabelRule().resolved(0.82)
+    assert (auto.low, auto.high, auto.background) == (0.82, 0.91, 0.41)
+    assert PseudoLabelRule().resolved(None).low == 0.5  # a teacher never validated: 0.5
+    given = PseudoLabelRule(high=0.7, background=0.1).resolved(0.6)
+    assert (given.low, given.high, given.background) == (0.6, 0.7, 0.1)
+    with pytest.raises(ValueError, match="not resolved"):
+        _ = PseudoLabelRule().hysteresis
+    with pytest.raises(ValueError, match="background < low <= high"):
+        PseudoLabelRule(high=0.7).resolved(0.8)
 
 
 def test_rule_thresholds_are_checked() -> None:
@@ -119,7 +133,7 @@ def labelled_and_pseudo(tmp_path: Path) -> tuple[Path, Path]:
     teacher = write_teacher(tmp_path / "teacher.tif", teacher_map())
     out = tmp_path / "labels"
     sources = find_sources(segment)
-    maps, counts = write_segment_labels(sources, (SIZE, SIZE), teacher, out, PseudoLabelRule(min_area=8))
+    maps, counts = write_segment_labels(sources, (SIZE, SIZE), teacher, out, PseudoLabelRule(min_area=8).resolved(None))
     write_label_set(out, [(sources, maps, counts)], {})
     return data, out
 
@@ -229,3 +243,33 @@ def test_init_weights_load_the_net_and_a_mismatch_is_named(tmp_path: Path) -> No
     other = InkModule(num_slices=6, net=NetConfig(encoder="tiny3d", decoder_channels=[8, 8, 8]))
     with pytest.raises(ValueError, match="init_weights .*teacher.ckpt.*do not fit"):
         load_net_weights(other.net, str(path))
+
+
+def test_a_large_teacher_map_is_labelled_in_bounded_memory(tmp_path: Path) -> None:
+    """8192 x 4096 = 33.6 Mpx (128 MiB as float32): labels are decided and written a band of rows at a time."""
+    height, width, tile = 8192, 4096, 512
+
+    def tiles():  # vertical strokes crossing every band, seeded only near the top; background elsewhere
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                xx = np.arange(x, x + tile)[None, :].repeat(tile, 0)
+                yy = np.arange(y, y + tile)[:, None].repeat(tile, 1)
+                stroke = (xx % 256) < 8
+                yield np.where(stroke, np.where(yy < 16, 250, 180), 10).astype(np.uint8)
+
+    teacher = tmp_path / "teacher.tif"
+    tifffile.imwrite(teacher, tiles(), shape=(height, width), dtype=np.uint8, tile=(tile, tile), compression="zlib")
+    sources = FragmentSources(id="big", path=tmp_path, volume=tmp_path / "layers")
+    rule = PseudoLabelRule(min_area=64).resolved(0.6)  # low 0.6 (153), high 0.8 (204), background 0.3 (76)
+    tracemalloc.start()
+    try:
+        maps, counts = write_segment_labels(sources, (height, width), teacher, tmp_path / "labels", rule)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # A whole-map float32 copy alone would be 128 MiB; bands of about 1 Mpx peaked at 41 MiB when measured.
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {height * width / 1e6:.0f} Mpx map"
+    assert counts.ink == height * 8 * (width // 256)  # every stroke grew from its seeds through all bands
+    assert counts.untrusted == 0 and counts.papyrus == height * width
+    with MapReader(tmp_path / "labels" / maps["supervision"], (height, width), "supervision") as reader:
+        assert reader.rows(height - 1, height).min() == 255

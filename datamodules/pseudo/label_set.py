@@ -48,6 +48,7 @@ __all__ = [
 
 LABEL_SET_MANIFEST = "pseudo_labels.yaml"
 LABEL_SET_RECORD = "pseudo_labels.json"
+BAND_PIXELS = 1 << 20  # pixels decided at a time: the peak is about 30 bytes per band pixel (measured: 34 MiB)
 INK_FLOOR = 128  # ink levels are at least this, background ones below it: threshold 0.5 reads the decision back
 # How a label set's labels are read: the hysteresis decision at 0.5; `--data.pseudo.soft` adds soft targets.
 PSEUDO_LABEL_RULES = LabelConfig(threshold=0.5, soft=False, unknown=None)
@@ -57,32 +58,53 @@ PSEUDO_LABEL_RULES = LabelConfig(threshold=0.5, soft=False, unknown=None)
 class PseudoLabelRule:
     """What a teacher's probability must be for a pixel to be trusted.
 
+    A probability means something only against the teacher's calibration (a model trained with Dice often needs a
+    threshold of 0.8 where another needs 0.4), so by default the rule is set from the teacher's decision threshold
+    ``t``, the one its validation chose on real labels (`resolved`).
+
     Attributes:
-        high: seeds: ink components must hold a pixel at least this probable.
-        low: components grow through pixels at least this probable.
-        background: pixels at most this probable (and not ink) are trusted background.
+        high: seeds: ink components must hold a pixel at least this probable; None: halfway from ``low`` to 1.
+        low: components grow through pixels at least this probable; None: ``t``.
+        background: pixels at most this probable (and not ink) are trusted background; None: ``low / 2``.
         min_area: ink components of fewer pixels are untrusted, not ink.
     """
 
-    high: float = 0.8
-    low: float = 0.5
-    background: float = 0.2
+    high: float | None = None
+    low: float | None = None
+    background: float | None = None
     min_area: int = 64
 
     def __post_init__(self) -> None:
-        check_range("pseudo-label high", self.high, 0.0, 1.0, low_open=True)
-        check_range("pseudo-label low", self.low, 0.0, 1.0, low_open=True)
-        check_range("pseudo-label background", self.background, 0.0, 1.0)
+        for name in ("high", "low"):
+            if getattr(self, name) is not None:
+                check_range(f"pseudo-label {name}", getattr(self, name), 0.0, 1.0, low_open=True)
+        if self.background is not None:
+            check_range("pseudo-label background", self.background, 0.0, 1.0)
         check_int("pseudo-label min_area", self.min_area, minimum=0)
-        if not self.background < self.low <= self.high:
+        if None not in (self.high, self.low, self.background) and not self.background < self.low <= self.high:
             raise ValueError(
                 f"pseudo-label thresholds background={self.background}, low={self.low}, high={self.high}: need "
                 "background < low <= high"
             )
 
+    def resolved(self, teacher_threshold: float | None) -> PseudoLabelRule:
+        """The rule with every threshold set, from the teacher's decision threshold (None: 0.5).
+
+        Raises:
+            ValueError: the thresholds given and derived are out of order, naming them.
+        """
+        t = 0.5 if teacher_threshold is None else float(teacher_threshold)
+        low = self.low if self.low is not None else t
+        high = self.high if self.high is not None else (1.0 + low) / 2.0
+        background = self.background if self.background is not None else low / 2.0
+        rounded = {"high": round(high, 6), "low": round(low, 6), "background": round(background, 6)}
+        return PseudoLabelRule(**rounded, min_area=self.min_area)
+
     @property
     def hysteresis(self) -> Hysteresis:
-        """The ink rule alone."""
+        """The ink rule alone (of a resolved rule)."""
+        if self.high is None or self.low is None:
+            raise ValueError("pseudo-label rule not resolved: call resolved(teacher_threshold) first")
         return Hysteresis(high=self.high, low=self.low, min_area=self.min_area)
 
 
@@ -117,7 +139,7 @@ def write_segment_labels(
     teacher: Path,
     out_dir: Path,
     rule: PseudoLabelRule,
-    band_rows: int = 1024,
+    band_rows: int | None = None,
 ) -> tuple[dict[str, str], SegmentCounts]:
     """Writes one segment's labels and trusted pixels from the teacher's probability map.
 
@@ -126,14 +148,15 @@ def write_segment_labels(
         shape: ``(H, W)`` of its volume.
         teacher: the teacher's probabilities (a map `MapReader` reads, 8- or 16-bit, or 0/1).
         out_dir: the label set's folder; the maps go to ``<out_dir>/<id>/``.
-        rule: the thresholds.
-        band_rows: rows per band read and decided at a time.
+        rule: the thresholds (resolved: `PseudoLabelRule.resolved`).
+        band_rows: rows per band read and decided at a time; default about `BAND_PIXELS` pixels a band.
 
     Returns:
         The manifest entry's map paths (relative to ``out_dir``) and the pixel counts.
     """
     folder = out_dir / sources.id
     folder.mkdir(parents=True, exist_ok=True)
+    band_rows = band_rows or max(16, BAND_PIXELS // max(1, shape[1]))
     names = {
         "inklabels": folder / f"{sources.id}_inklabels.tif",
         "supervision": folder / f"{sources.id}_supervision_mask.tif",
@@ -158,7 +181,7 @@ def write_segment_labels(
                 for start, stop, ink in hysteresis_bands(probabilities, shape, rule.hysteresis, band_rows):
                     prob = probabilities(start, stop)
                     levels = np.rint(prob * 255.0).astype(np.uint8)
-                    background = ~ink & (prob <= rule.background)
+                    background = ~ink & (prob <= float(rule.background))
                     labels = np.zeros_like(levels)
                     labels[ink] = np.maximum(levels[ink], INK_FLOOR)
                     labels[background] = np.minimum(levels[background], INK_FLOOR - 1)
