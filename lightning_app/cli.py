@@ -20,7 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip 
 from pytorch_lightning import Trainer  # noqa: E402
 from pytorch_lightning.callbacks import LearningRateMonitor  # noqa: E402
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI  # noqa: E402
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn  # noqa: E402
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn  # noqa: E402
 
 from callbacks.cam import GradCAMCallback  # noqa: E402
 from callbacks.early_stopping import InkEarlyStopping  # noqa: E402
@@ -183,6 +183,10 @@ class InkCLI(LightningCLI):
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt not in (None, "best"):
             check_checkpoint_matches(ckpt, self.model)
+            if self.subcommand == "fit" and getattr(self.model, "init_weights", None):
+                # A resumed fit continues its own weights: the file a new fit started from is not read (nor needed).
+                rank_zero_info(f"resuming from {ckpt}: model.init_weights ({self.model.init_weights}) is not loaded")
+                self.model.init_weights = None
         elif ckpt is None and self.subcommand in ("test", "predict", "validate"):
             rank_zero_warn(f"{self.subcommand} without --ckpt_path: the model has its initial (untrained) weights")
 

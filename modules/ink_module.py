@@ -200,7 +200,7 @@ class InkModule(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        """Before fitting, loads ``init_weights`` (Lightning restores a resumed fit's checkpoint after this)."""
+        """Before fitting, loads ``init_weights`` (a resumed fit's checkpoint is restored after this, over them)."""
         if stage == "fit" and self.init_weights:
             load_net_weights(self.net, self.init_weights)
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from datamodules.synthetic.fragments import make_fragment
+from lightning_app.cli import cli_main
 from lightning_app.label_rounds import label_rounds_main
 from lightning_app.pseudo_label import pseudo_label_main
 from utils.checkpoints import load_checkpoint
@@ -88,3 +89,10 @@ def test_two_rounds_keep_their_own_folders_and_never_touch_the_sources(
     # A label set is never written into the segments it labels.
     with pytest.raises(ValueError, match="lies inside"):
         pseudo_label_main(["--ckpt_path", str(checkpoint), "--segments", "unlabelled", "--output", "unlabelled/x"])
+
+    # Round 1 resumed from its own last.ckpt needs neither round 0's checkpoint nor its weights.
+    checkpoint.unlink()
+    resumed = cli_main(
+        ["fit", "--config", str(Path(rows[1]["run"]) / "config.yaml"), "--ckpt_path", "last", "--max_epochs", "2"]
+    )
+    assert resumed.trainer.current_epoch == 2 and resumed.model.init_weights is None
