@@ -168,7 +168,6 @@ def write_segment_labels(
         with MapReader(teacher, shape, "teacher probabilities") as reader:
             mask_reader = MapReader(sources.maps["mask"], shape, "mask") if "mask" in sources.maps else None
             try:
-
                 last: dict[tuple[int, int], np.ndarray] = {}
 
                 def probabilities(start: int, stop: int) -> np.ndarray:
