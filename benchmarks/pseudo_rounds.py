@@ -17,9 +17,7 @@ Usage: ``python scripts/benchmark.py --pseudo [--seeds 0 1 2] [--budget 120]``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -170,17 +168,9 @@ def grade_label_set(label_set: Path, truth: Path) -> dict[str, float] | None:
 
 def run_in_process(kind: str, **spec: Any) -> dict[str, Any]:
     """Runs `child` in a fresh Python process and returns its JSON result."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pseudo_rounds", json.dumps({"kind": kind, **spec})],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} run (seed {spec.get('seed')}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from benchmarks.quality import run_module_child
+
+    return run_module_child("benchmarks.pseudo_rounds", {"kind": kind, **spec})
 
 
 def pseudo_benchmark(

@@ -120,14 +120,22 @@ def child(kind: str, data: str, seed: int, budget_s: float, out: str, extra: lis
 
 def run_in_process(kind: str, data: Path, seed: int, budget_s: float, out: Path, extra: list[str]) -> dict[str, Any]:
     """Runs `child` in a fresh Python process and returns its JSON result."""
-    spec = json.dumps({"kind": kind, "data": str(data), "seed": seed, "budget_s": budget_s, "out": str(out),
-                       "extra": extra})  # fmt: skip
+    spec = {"kind": kind, "data": str(data), "seed": seed, "budget_s": budget_s, "out": str(out), "extra": extra}
+    return run_module_child("benchmarks.quality", spec)
+
+
+def run_module_child(module: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs ``python -m module '<spec as JSON>'`` in a fresh process; returns the JSON its last stdout line holds.
+
+    Raises:
+        RuntimeError: the process failed, naming the spec's ``kind`` and ``seed`` and quoting its stderr's end.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.quality", spec], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", module, json.dumps(spec)], cwd=ROOT, env=env, capture_output=True, text=True
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} run (seed {seed}) failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{spec.get('kind')} run (seed {spec.get('seed')}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
