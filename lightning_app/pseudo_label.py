@@ -80,7 +80,7 @@ def add_rule_args(parser: argparse.ArgumentParser) -> None:
     helps = {
         "--low": "ink grows through p >= low; default: the teacher's validation threshold (0.5 without one)",
         "--high": "ink components need a seed p >= high; default: halfway from --low to 1",
-        "--background": "trusted background: p <= this outside ink; default: half of --low",
+        "--background": "trusted background: p <= this outside ink; default: 0.05 (half of --low if lower)",
     }
     for flag, text in helps.items():
         parser.add_argument(flag, type=float, default=None, help=text)

@@ -13,6 +13,7 @@ import yaml
 
 from datamodules import InkDataModule, PseudoConfig
 from datamodules.pseudo import (
+    BACKGROUND_CEILING,
     LABEL_SET_MANIFEST,
     PseudoLabelRule,
     hysteresis,
@@ -37,7 +38,7 @@ SIZE = 64
 
 def teacher_map() -> np.ndarray:
     """Probabilities: a seeded blob (ink), an unseeded blob, a tiny seeded blob, a grey zone, clear background."""
-    prob = np.full((SIZE, SIZE), 0.05, dtype=np.float32)
+    prob = np.full((SIZE, SIZE), 0.02, dtype=np.float32)
     prob[4:20, 4:20] = 0.6
     prob[10, 10] = 0.95  # the seed: the whole 16 x 16 blob is ink
     prob[30:40, 4:14] = 0.6  # no seed: untrusted
@@ -71,7 +72,7 @@ def test_label_set_maps_follow_hysteresis_and_mark_the_rest_untrusted(tmp_path: 
     assert ink[4:20, 4:20].all() and ink.sum() == 256
     np.testing.assert_array_equal(ink & trusted, expected)
     assert not trusted[30:40, 4:14].any() and not trusted[50:52, 50:52].any() and not trusted[40:60, 20:40].any()
-    assert trusted[0, 0] and labels[0, 0] == round(0.05 * 255)  # background keeps the teacher's probability
+    assert trusted[0, 0] and labels[0, 0] == round(0.02 * 255)  # background keeps the teacher's probability
     assert labels[10, 10] == round(0.95 * 255) and labels[5, 5] == 153  # ink keeps it too (>= 128)
     mask = np.asarray(Fragment(segment, z_start=0, z_end=1).mask)
     assert counts.papyrus == mask.sum()
@@ -103,7 +104,8 @@ def test_label_set_manifest_missing_is_named(tmp_path: Path) -> None:
 
 def test_rule_thresholds_follow_the_teachers_validation_threshold_unless_given() -> None:
     auto = PseudoLabelRule().resolved(0.82)
-    assert (auto.low, auto.high, auto.background) == (0.82, 0.91, 0.41)
+    assert (auto.low, auto.high, auto.background) == (0.82, 0.91, BACKGROUND_CEILING)  # background: confident only
+    assert PseudoLabelRule().resolved(0.06).background == 0.03  # below low / 2 when that is lower: still ordered
     assert PseudoLabelRule().resolved(None).low == 0.5  # a teacher never validated: 0.5
     given = PseudoLabelRule(high=0.7, background=0.1).resolved(0.6)
     assert (given.low, given.high, given.background) == (0.6, 0.7, 0.1)
@@ -213,7 +215,7 @@ def test_soft_pseudo_labels_are_the_teachers_probabilities_real_labels_stay_bina
         valid = item["valid"][0] > 0
         values[item["fragment"]] |= set(np.rint(item["label"][0][valid].numpy() * 255).astype(int).tolist())
     assert values["a"] <= {0, 255}
-    assert {153, 13} <= values["u"]  # teacher levels of ink (0.6) and background (0.05)
+    assert {153, 5} <= values["u"]  # teacher levels of ink (0.6) and background (0.02)
 
 
 def test_a_pseudo_labelled_segment_in_a_real_split_is_refused(tmp_path: Path) -> None:
@@ -260,7 +262,7 @@ def test_a_large_teacher_map_is_labelled_in_bounded_memory(tmp_path: Path) -> No
     teacher = tmp_path / "teacher.tif"
     tifffile.imwrite(teacher, tiles(), shape=(height, width), dtype=np.uint8, tile=(tile, tile), compression="zlib")
     sources = FragmentSources(id="big", path=tmp_path, volume=tmp_path / "layers")
-    rule = PseudoLabelRule(min_area=64).resolved(0.6)  # low 0.6 (153), high 0.8 (204), background 0.3 (76)
+    rule = PseudoLabelRule(min_area=64).resolved(0.6)  # low 0.6 (153), high 0.8 (204), background 0.05 (12)
     tracemalloc.start()
     try:
         maps, counts = write_segment_labels(sources, (height, width), teacher, tmp_path / "labels", rule)

@@ -2,6 +2,7 @@
 
 from datamodules.pseudo.hysteresis import Hysteresis, hysteresis, hysteresis_bands
 from datamodules.pseudo.label_set import (
+    BACKGROUND_CEILING,
     LABEL_SET_MANIFEST,
     LABEL_SET_RECORD,
     PSEUDO_LABEL_RULES,
@@ -13,6 +14,7 @@ from datamodules.pseudo.label_set import (
 )
 
 __all__ = [
+    "BACKGROUND_CEILING",
     "LABEL_SET_MANIFEST",
     "LABEL_SET_RECORD",
     "PSEUDO_LABEL_RULES",
