@@ -9,9 +9,11 @@ two runs with the same total training time:
 - **rounds**: ``scripts/label_rounds.py --rounds 1`` (round 0 for ``budget`` s, pseudo-labels of the unlabelled
   segments from its best checkpoint, round 1 on labelled + pseudo-labelled for ``budget`` s from round 0's
   weights). Pseudo-labelling's prediction time is reported apart; it is not training time.
+- **oracle** (``--oracle``): round 1 again, from the same round-0 weights for ``budget`` s, on the segments' true
+  labels, all trusted, in place of the pseudo-labels: the ceiling of any trust rule with this recipe.
 
 Scored on the test fragment: F0.5 at the threshold chosen on the validation fragment. Each run is a fresh process.
-Usage: ``python scripts/benchmark.py --pseudo [--seeds 0 1 2] [--budget 120]``.
+Usage: ``python scripts/benchmark.py --pseudo [--oracle] [--seeds 0 1 2] [--round-budget 120]``.
 """
 
 from __future__ import annotations
@@ -96,15 +98,22 @@ def child(
     rule_args: list[str] | None = None,
     rounds_kwargs: dict[str, Any] | None = None,
 ) -> dict:
-    """One side in this (fresh) process: ``matched`` (one fit of 2 × budget) or ``rounds`` (two of budget)."""
+    """One side in this (fresh) process: ``matched`` (one fit of 2 × budget), ``rounds`` (two of budget) or
+    ``oracle`` (round 1 of the ``rounds`` run in ``out``'s sibling, on the true labels)."""
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
     started = time.perf_counter()
-    if kind == "matched":
+    if kind in ("matched", "oracle"):
         from lightning_app.cli import cli_main
 
-        args = _fit_args(Path(labelled), seed, 2 * budget_s, extra)
-        cli = cli_main(["fit", *args, "--trainer.default_root_dir", str(out_dir)])
+        args = _fit_args(Path(labelled), seed, (2 if kind == "matched" else 1) * budget_s, extra)
+        if kind == "oracle":
+            rounds = out_dir.parent / f"rounds_{seed}" / "round_0"
+            truth = Path(unlabelled).parent / "truth"
+            oracle = oracle_label_set(rounds / "labels", truth, out_dir / "labels")
+            checkpoint = json.loads((rounds / "scores.json").read_text())["checkpoint"]
+            args += ["--data.pseudo.folder", str(oracle), "--model.init_weights", checkpoint]
+        cli = cli_main(["fit", *args, "--trainer.default_root_dir", str(out_dir / "fit")])
         metrics = cli.trainer.callback_metrics
         return {
             "f05_val_threshold": float(metrics["test/f05_val_threshold"]),
@@ -139,6 +148,21 @@ def child(
     result["rule"] = rows[0]["rule"]
     result["round1_steps"] = rows[1].get("steps")
     return result
+
+
+def oracle_label_set(label_set: Path, truth: Path, out: Path) -> Path:
+    """A copy of ``label_set`` whose labels are the segments' true ink, every pixel trusted; returns its folder."""
+    import tifffile
+    import yaml
+    from PIL import Image
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(label_set, out)
+    for entry in yaml.safe_load((out / "pseudo_labels.yaml").read_text())["fragments"]:
+        true = np.asarray(Image.open(truth / f"{entry['id']}.png")) > 127
+        tifffile.imwrite(out / entry["inklabels"], np.where(true, 255, 0).astype(np.uint8))
+        tifffile.imwrite(out / entry["supervision"], np.full(true.shape, 255, dtype=np.uint8))
+    return out
 
 
 def grade_label_set(label_set: Path, truth: Path) -> dict[str, float] | None:
@@ -183,8 +207,9 @@ def pseudo_benchmark(
     size: int = 768,
     ink_to_noise: float = 2.5,
     extra: list[str] | None = None,
+    oracle: bool = False,
 ) -> list[dict[str, Any]]:
-    """Both sides per seed; prints the table and returns its rows."""
+    """Both sides per seed (and the oracle round 1 with ``oracle``); prints the table and returns its rows."""
     labelled, unlabelled = ensure_data(work, small, size, ink_to_noise, val_size=val_size)
     rows = []
     for seed in seeds:
@@ -193,6 +218,8 @@ def pseudo_benchmark(
         matched = run_in_process("matched", **spec, out=str(runs / f"matched_{seed}"), extra=extra or [])
         rounds = run_in_process("rounds", **spec, out=str(runs / f"rounds_{seed}"), extra=extra or [])
         row = {"seed": seed, "matched": matched, "rounds": rounds}
+        if oracle:
+            row["oracle"] = run_in_process("oracle", **spec, out=str(runs / f"oracle_{seed}"), extra=extra or [])
         print(f"  seed {seed}: {json.dumps(row)}", flush=True)
         rows.append(row)
     print(
@@ -205,28 +232,47 @@ def pseudo_benchmark(
 
 
 def summarise(rows: list[dict[str, Any]], budget_s: float) -> str:
-    """Markdown: per seed, round 0 (budget), round 0 (2 × budget, matched) and round 1; the paired difference."""
-    lines = [
+    """Markdown: per seed, round 0 (budget), round 0 (2 × budget, matched), round 1 and, where run, the oracle
+    round 1; the paired differences and the labels' grading against the hidden truth."""
+    oracle = all("oracle" in row for row in rows)
+    head = (
         f"| seed | round 0, {budget_s:.0f} s | round 0 matched, {2 * budget_s:.0f} s | round 1, {budget_s:.0f} + "
-        f"{budget_s:.0f} s | round 1 - matched | pseudo-labelling s | labels made: ink / background / untrusted |",
-        "|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    diffs = []
-    for row in rows:
-        matched, rounds = row["matched"], row["rounds"]
-        diff = rounds["round1_f05_val_threshold"] - matched["f05_val_threshold"]
-        diffs.append(diff)
-        made = rounds["made"]
-        lines.append(
-            f"| {row['seed']} | {rounds['round0_f05_val_threshold']:.3f} | {matched['f05_val_threshold']:.3f} "
-            f"| {rounds['round1_f05_val_threshold']:.3f} | {diff:+.3f} | {rounds['pseudo_label_s']:.0f} "
-            f"| {made['ink']:.1%} / {made['background']:.1%} / {made['untrusted']:.1%} |"
-        )
-    values = np.array(diffs, dtype=float)
-    lines.append(
-        f"\nround 1 - compute-matched round 0, test F0.5 at the validation threshold: mean {values.mean():+.3f} "
-        f"over {len(values)} seed(s)"
+        f"{budget_s:.0f} s | round 1 - matched |"
     )
+    head += " oracle round 1 | oracle - matched |" if oracle else ""
+    head += " labels made: ink / background / untrusted | ink precision / recall | true ink in background |"
+    lines = [head, "|---:|---:|---:|---:|---:|" + ("---:|---:|" if oracle else "") + "---|---|---:|"]
+    diffs: dict[str, list[float]] = {"round 1": [], "oracle": []}
+    for row in rows:
+        matched, rounds = row["matched"]["f05_val_threshold"], row["rounds"]
+        diffs["round 1"].append(rounds["round1_f05_val_threshold"] - matched)
+        cells = [
+            str(row["seed"]),
+            f"{rounds['round0_f05_val_threshold']:.3f}",
+            f"{matched:.3f}",
+            f"{rounds['round1_f05_val_threshold']:.3f}",
+            f"{diffs['round 1'][-1]:+.3f}",
+        ]
+        if oracle:
+            diffs["oracle"].append(row["oracle"]["f05_val_threshold"] - matched)
+            cells += [f"{row['oracle']['f05_val_threshold']:.3f}", f"{diffs['oracle'][-1]:+.3f}"]
+        made, graded = rounds["made"], rounds.get("graded") or {}
+        cells.append(f"{made['ink']:.1%} / {made['background']:.1%} / {made['untrusted']:.1%}")
+        if graded:
+            cells += [
+                f"{graded['ink_precision']:.2f} / {graded['ink_recall']:.2f}",
+                f"{graded['true_ink_in_background']:.0%}",
+            ]
+        else:
+            cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, values in diffs.items():
+        if values:
+            lines.append(
+                f"{name} - compute-matched round 0, test F0.5 at the validation threshold: mean "
+                f"{np.mean(values):+.3f} over {len(values)} seed(s)"
+            )
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ Each measurement runs in a fresh process so peaks do not mix. Usage::
     python scripts/benchmark.py --predict-memory            # whole-segment prediction 1024^2 vs 8192^2: memory, px/s
     python scripts/benchmark.py --label-memory              # a 330 Mpx label map (TIFF, PNG) vs a whole-image read
     python scripts/benchmark.py --pseudo                    # label round 1 vs round 0 trained as long, 3 seeds
+    python scripts/benchmark.py --pseudo --oracle           # ... and round 1 on the true labels (the ceiling)
 """
 
 from __future__ import annotations
@@ -312,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         help="label rounds: round 1 (labelled + pseudo-labelled) vs round 0 trained as long, held-out fragments",
     )
     parser.add_argument("--round-budget", type=float, default=120.0, help="pseudo: training seconds per round")
+    parser.add_argument(
+        "--oracle", action="store_true", help="pseudo: also round 1 on the segments' true labels (the ceiling)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.pseudo_rounds import pseudo_benchmark
 
         results["pseudo"] = pseudo_benchmark(
-            Path(args.work_dir), list(args.seeds), args.round_budget, extra=list(args.project_args)
+            Path(args.work_dir), list(args.seeds), args.round_budget, extra=list(args.project_args), oracle=args.oracle
         )
     if args.data:
         results["data"] = data_benchmark(args)
